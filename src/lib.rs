@@ -1,0 +1,21 @@
+//! Verso: the portable core of an EL2 hypervisor component that owns every stage-2 table and the
+//! SMMUv3, and converts guest memory between private and shared **in place**.
+//!
+//! This crate is `no_std`, contains no inline assembly and never touches a system register: every
+//! TLB or cache maintenance operation and every access to physical memory goes through the traits
+//! in [`platform`], so the same code runs at EL2 (see `arch/`) and against a recording fake in
+//! `cargo test`.
+//!
+//! Module map (the folder tree is the architecture):
+//! - [`addr`]: physical / intermediate-physical address newtypes and page ranges.
+//! - [`platform`]: what the core asks of the architecture.
+//! - [`pgtable`]: the VMSAv8-64 stage-2 engine (descriptors, range walks, blocks, break-before-make).
+//! - [`mem`]: page ownership: states, owners, metadata and the transitions.
+//! - [`fdt`]: reading and amending the flattened device tree handed to the host.
+#![cfg_attr(not(test), no_std)]
+
+pub mod addr;
+pub mod fdt;
+pub mod mem;
+pub mod pgtable;
+pub mod platform;
