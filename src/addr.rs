@@ -85,6 +85,28 @@ impl Vmid {
     pub const HOST: Vmid = Vmid(0);
 }
 
+/// The operations [`PageRange`] needs from an address type.
+pub trait Address: Copy + Eq + Ord + fmt::Debug {
+    /// The raw value.
+    fn to_raw(self) -> u64;
+    /// An address from a raw value.
+    fn from_raw(raw: u64) -> Self;
+}
+
+macro_rules! address_trait_impl {
+    ($($a:ident),*) => {$(
+        impl Address for $a {
+            fn to_raw(self) -> u64 {
+                self.0
+            }
+            fn from_raw(raw: u64) -> Self {
+                Self(raw)
+            }
+        }
+    )*};
+}
+address_trait_impl!(PhysAddr, Ipa, HypVa);
+
 /// A non-empty, page-aligned range of `pages` pages starting at `start`, validated not to wrap.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PageRange<A> {
@@ -92,48 +114,43 @@ pub struct PageRange<A> {
     pages: u64,
 }
 
-macro_rules! page_range_impl {
-    ($a:ident) => {
-        impl PageRange<$a> {
-            /// A range of `pages` pages from `start`, or `None` if `start` is unaligned, `pages` is
-            /// zero, or the end does not fit in 64 bits.
-            pub fn new(start: $a, pages: u64) -> Option<Self> {
-                if !start.is_page_aligned() || pages == 0 {
-                    return None;
-                }
-                let bytes = pages.checked_mul(PAGE_SIZE)?;
-                start.0.checked_add(bytes)?;
-                Some(Self { start, pages })
-            }
-            /// First address.
-            pub const fn start(&self) -> $a {
-                self.start
-            }
-            /// Number of pages.
-            pub const fn pages(&self) -> u64 {
-                self.pages
-            }
-            /// Size in bytes.
-            pub const fn bytes(&self) -> u64 {
-                self.pages * PAGE_SIZE
-            }
-            /// One past the last address.
-            pub const fn end(&self) -> $a {
-                $a(self.start.0 + self.pages * PAGE_SIZE)
-            }
-            /// True if `addr` lies in the range.
-            pub const fn contains(&self, addr: $a) -> bool {
-                addr.0 >= self.start.0 && addr.0 < self.start.0 + self.pages * PAGE_SIZE
-            }
-            /// Every page start address, in order.
-            pub fn iter(&self) -> impl Iterator<Item = $a> + '_ {
-                (0..self.pages).map(move |i| $a(self.start.0 + i * PAGE_SIZE))
-            }
+impl<A: Address> PageRange<A> {
+    /// A range of `pages` pages from `start`, or `None` if `start` is unaligned, `pages` is
+    /// zero, or the end does not fit in 64 bits.
+    pub fn new(start: A, pages: u64) -> Option<Self> {
+        if start.to_raw() & (PAGE_SIZE - 1) != 0 || pages == 0 {
+            return None;
         }
-    };
+        let bytes = pages.checked_mul(PAGE_SIZE)?;
+        start.to_raw().checked_add(bytes)?;
+        Some(Self { start, pages })
+    }
+    /// First address.
+    pub fn start(&self) -> A {
+        self.start
+    }
+    /// Number of pages.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+    /// One past the last address.
+    pub fn end(&self) -> A {
+        A::from_raw(self.start.to_raw() + self.bytes())
+    }
+    /// True if `addr` lies in the range.
+    pub fn contains(&self, addr: A) -> bool {
+        addr >= self.start && addr < self.end()
+    }
+    /// Every page start address, in order.
+    pub fn iter(&self) -> impl Iterator<Item = A> + '_ {
+        let base = self.start.to_raw();
+        (0..self.pages).map(move |i| A::from_raw(base + i * PAGE_SIZE))
+    }
 }
-page_range_impl!(PhysAddr);
-page_range_impl!(Ipa);
 
 #[cfg(test)]
 mod tests {
