@@ -11,11 +11,17 @@
 //! - [`platform`]: what the core asks of the architecture.
 //! - [`pgtable`]: the VMSAv8-64 stage-2 engine (descriptors, range walks, blocks, break-before-make).
 //! - [`mem`]: page ownership: states, owners, metadata and the transitions.
+//! - [`error`]: the one error enum.
+//! - [`abi`]: hypercall function IDs, argument decoding, return codes.
 //! - [`fdt`]: reading and amending the flattened device tree handed to the host.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "testing")), no_std)]
 
+pub mod abi;
 pub mod addr;
+pub mod error;
 pub mod fdt;
 pub mod mem;
 pub mod pgtable;
 pub mod platform;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
