@@ -1,1 +1,1260 @@
-//! placeholder: being written
+//! The VMSAv8-64 stage-2 translation engine: one table format for the CPU and the SMMU.
+//!
+//! This module owns the layout of stage-2 descriptors (4 KiB granule, Arm DDI 0487 "Translation
+//! table descriptor formats"), the range walks that change them, block mappings, splitting and
+//! coalescing, break-before-make on live tables and the choice of TLB invalidations. It does not
+//! know who owns a page: `mem` decides, this module executes.
+//!
+//! # Format
+//! - Start level 1 for IPA sizes of 32..=39 bits, level 0 for 40..=48 bits, and always a single
+//!   root page: concatenated root tables are never used, because QEMU's SMMUv3 mis-walks them and
+//!   the host's tables are shared with the SMMU (see `docs/decisions/aarch64-paging.md`).
+//! - Leaves: MemAttr Normal write-back `0b1111` or Device-nGnRE `0b0001` (FWB = 0), inner
+//!   shareable, AF = 1 (the SMMU has no hardware access flag), S2AP from [`Perms`], XN in bit 54,
+//!   the two software bits 55/56 carry [`Leaf::sw`] (the guest page state).
+//! - Annotated entries are invalid (bit 0 = 0; bits 63:1 are ignored by every walker): bits 63:60
+//!   hold a type (`0x2` constant annotation, `0x3` linear annotation), bits 3:1 the owner and
+//!   bits 59:4 a 56-bit metadata word. An all-zero entry is empty.
+//!
+//! # Annotations are constant or linear
+//! [`Stage2::annotate`] gives every page of the range the same [`Annotation`].
+//! [`Stage2::annotate_linear`] gives page `k` of the range the metadata `meta + k`: a block-level
+//! entry stores the metadata of its first page and [`Stage2::lookup`] adds the page offset. This
+//! lets a donation of contiguous guest pages (metadata = VM handle and guest frame) stay one 2 MiB
+//! or 1 GiB entry instead of fragmenting the host's tables into pages.
+//!
+//! # Break-before-make and invalidation
+//! Every operation is two passes over its range. The first writes every final value that
+//! architecturally may be written directly, and for every valid -> valid change that needs
+//! break-before-make (output address, memory type or block size changes, table <-> block) it
+//! writes a *pending* invalid entry that remembers the new value. Then the operation issues one
+//! invalidation for everything it revoked, and a second pass turns the pending entries into
+//! their final values. Detached table pages are returned to the allocator only after the
+//! invalidation, because walk caches may still point at them. See [`TLBI_MAX_OPS`] for when a
+//! whole-VMID invalidation replaces the range.
+//!
+//! Permission and software-bit changes of a live leaf are written in place (no break needed,
+//! DDI 0487 "Translation table updates"); a permission change (up or down) is invalidated,
+//! because a stale stricter entry would make the host take a permission fault the hypervisor
+//! would treat as an illegal access; a software-bit-only change needs no invalidation at all.
+//!
+//! # API changes (from the brief)
+//! - Added [`Stage2::annotate_linear`], [`Stage2::set_sw`], [`Stage2::set_perms`] and
+//!   [`Stage2::tables_needed_for`].
+//! - [`TableAllocator::alloc_table`] need not return a zeroed page: the engine writes every entry
+//!   of a new table itself (a host-donated memcache page may hold anything).
+//! - [`Stage2::lookup`] of an IPA at or beyond [`Stage2Config::ipa_limit`] returns
+//!   `Lookup::Empty` at the start level; [`Stage2::walk`] reports the part of a range beyond the
+//!   limit as one `Empty` chunk.
+
+use core::ops::ControlFlow;
+
+use crate::addr::{Ipa, PageRange, PhysAddr, Vmid, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::platform::{PhysMemory, Platform};
+
+/// Where the engine gets table pages from and returns them to (the hyp pool, or a VM's
+/// host-donated memcache).
+pub trait TableAllocator {
+    /// One page for a translation table, or `None` if the pool is empty. The contents need not be
+    /// zero: the engine initialises all 512 entries before the table becomes reachable.
+    fn alloc_table(&mut self) -> Option<PhysAddr>;
+    /// Give back a page obtained from [`alloc_table`](Self::alloc_table) that no walker can reach
+    /// any more (it has been invalidated).
+    fn free_table(&mut self, pa: PhysAddr);
+    /// How many pages [`alloc_table`](Self::alloc_table) can still hand out.
+    fn available(&self) -> usize;
+}
+
+/// Geometry of a stage-2 address space: 4 KiB granule, one root page, never concatenated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Stage2Config {
+    /// Size of the IPA space in bits (VTCR_EL2.T0SZ = 64 - ipa_bits).
+    pub ipa_bits: u32,
+    /// Level of the root table (0 or 1).
+    pub start_level: u8,
+}
+
+impl Stage2Config {
+    /// The configuration for an IPA space of `bits` bits: start level 1 for 32..=39 bits, level 0
+    /// for 40..=48 bits, so that the root is always one page.
+    ///
+    /// # Errors
+    /// `Range` if `bits` is outside 32..=48.
+    pub fn for_ipa_bits(bits: u32) -> Result<Self> {
+        match bits {
+            32..=39 => Ok(Self {
+                ipa_bits: bits,
+                start_level: 1,
+            }),
+            40..=48 => Ok(Self {
+                ipa_bits: bits,
+                start_level: 0,
+            }),
+            _ => Err(Error::Range),
+        }
+    }
+
+    /// VTCR_EL2 for this geometry: T0SZ, SL0, inner/outer write-back write-allocate walks, inner
+    /// shareable, 4 KiB granule, `ps` (the PS field encoding, i.e. ID_AA64MMFR0_EL1.PARange,
+    /// 0b010 = 40 bits .. 0b101 = 48 bits), 16-bit VMIDs, RES1 bit 31.
+    ///
+    /// With start level 0, `ps` must encode at least 44 bits (R_SRKBC forbids a level-0 start
+    /// with a 40- or 42-bit PS); every CPU Verso targets (QEMU `max`: 48 bits) satisfies this.
+    /// The same fields go into an SMMUv3 STE (S2T0SZ, S2SL0, S2IR0, S2OR0, S2SH0, S2TG, S2PS).
+    pub fn vtcr(&self, ps: u64) -> u64 {
+        let t0sz = u64::from(64 - self.ipa_bits);
+        let sl0: u64 = match self.start_level {
+            0 => 0b10,
+            _ => 0b01,
+        };
+        t0sz | sl0 << 6
+            | 0b01 << 8
+            | 0b01 << 10
+            | 0b11 << 12
+            | (ps & 0b111) << 16
+            | 1 << 19
+            | 1 << 31
+    }
+
+    /// One past the highest IPA this space translates.
+    pub fn ipa_limit(&self) -> u64 {
+        1u64 << self.ipa_bits
+    }
+}
+
+/// Memory type of a mapping (stage-2 MemAttr with FWB = 0).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MemType {
+    /// Normal, inner and outer write-back (MemAttr 0b1111); the stage-1 attribute still applies.
+    Normal,
+    /// Device-nGnRE (MemAttr 0b0001).
+    Device,
+}
+
+/// Stage-2 access permissions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Perms {
+    /// Readable (S2AP bit 6).
+    pub read: bool,
+    /// Writable (S2AP bit 7).
+    pub write: bool,
+    /// Executable (XN bit 54 clear).
+    pub exec: bool,
+}
+
+impl Perms {
+    /// Read, write, execute.
+    pub const RWX: Perms = Perms {
+        read: true,
+        write: true,
+        exec: true,
+    };
+    /// Read, write, no execute.
+    pub const RW: Perms = Perms {
+        read: true,
+        write: true,
+        exec: false,
+    };
+    /// Read only, no execute.
+    pub const RO: Perms = Perms {
+        read: true,
+        write: false,
+        exec: false,
+    };
+    /// No access (a valid entry that faults on every access but keeps its output address).
+    pub const NONE: Perms = Perms {
+        read: false,
+        write: false,
+        exec: false,
+    };
+}
+
+/// The attributes of a valid leaf entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Leaf {
+    /// Access permissions.
+    pub perms: Perms,
+    /// Memory type.
+    pub mem: MemType,
+    /// The two software bits (55/56): the page state in a guest's stage 2. Must be <= 3.
+    pub sw: u8,
+}
+
+/// The content of an invalid, annotated entry: who owns the page and a metadata word.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Annotation {
+    /// Owner identifier (3 bits, 0..=7).
+    pub owner: u8,
+    /// Metadata (at most 56 bits), e.g. a VM handle and guest frame number.
+    pub meta: u64,
+}
+
+/// What a stage-2 table says about one page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lookup {
+    /// Translated to `pa` by a leaf at `level` (3: page, 2: 2 MiB block, 1: 1 GiB block).
+    Mapped {
+        /// Output address of the page.
+        pa: PhysAddr,
+        /// Attributes of the leaf.
+        leaf: Leaf,
+        /// Level of the leaf entry.
+        level: u8,
+    },
+    /// Not translated; the invalid entry at `level` carries an annotation.
+    Annotated {
+        /// The annotation of this page (for linear annotations, already offset to this page).
+        ann: Annotation,
+        /// Level of the invalid entry.
+        level: u8,
+    },
+    /// Not translated and not annotated.
+    Empty {
+        /// Level of the invalid entry.
+        level: u8,
+    },
+}
+
+/// When one operation's revocations would need more than this many per-entry TLBI operations
+/// (span / stride of the level hint, stride one page without a hint), the engine asks for one
+/// whole-VMID invalidation instead. 512 is Linux's `MAX_DVM_OPS` (PTRS_PER_PTE): beyond it a
+/// broadcast `TLBI VMALLS12E1IS` costs less than the stream of per-IPA DVM messages on a CPU
+/// without FEAT_TLBIRANGE, and the platform may still turn a smaller range into one range TLBI.
+pub const TLBI_MAX_OPS: u64 = 512;
+
+// ---- Descriptor encoding -------------------------------------------------------------------
+
+const ENTRIES: usize = 512;
+const VALID: u64 = 1;
+/// bits[1:0] of a table descriptor (levels 0..=2) or a page descriptor (level 3).
+const TABLE_OR_PAGE: u64 = 0b11;
+const BLOCK: u64 = 0b01;
+const ADDR_MASK: u64 = 0x0000_ffff_ffff_f000;
+const MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+const MEMATTR_MASK: u64 = 0b1111 << 2;
+const S2AP_R: u64 = 1 << 6;
+const S2AP_W: u64 = 1 << 7;
+const SH_INNER: u64 = 0b11 << 8;
+const AF: u64 = 1 << 10;
+const XN: u64 = 1 << 54;
+const SW_SHIFT: u32 = 55;
+const SW_MASK: u64 = 0b11 << SW_SHIFT;
+const PERM_MASK: u64 = S2AP_R | S2AP_W | XN;
+
+/// Type nibble (bits 63:60) of invalid entries written by this engine.
+const TYPE_SHIFT: u32 = 60;
+const TYPE_ANN: u64 = 0x2;
+const TYPE_ANN_LINEAR: u64 = 0x3;
+/// Free-chain link in a detached table page awaiting invalidation (never in a reachable table).
+const TYPE_FREE_LINK: u64 = 0xe;
+/// A broken entry whose final value (bit 0 cleared) is written after the invalidation.
+const TYPE_PENDING: u64 = 0xf;
+const TYPE_MASK: u64 = 0xf << TYPE_SHIFT;
+const OWNER_SHIFT: u32 = 1;
+const OWNER_MASK: u64 = 0b111 << OWNER_SHIFT;
+const META_SHIFT: u32 = 4;
+const META_BITS: u32 = 56;
+const META_MAX: u64 = (1 << META_BITS) - 1;
+const FREE_HAS_NEXT: u64 = 1 << 2;
+
+/// Bit position of the low end of what an entry at `level` maps.
+const fn shift(level: u8) -> u32 {
+    12 + 9 * (3 - level as u32)
+}
+
+/// Bytes mapped by one entry at `level`.
+const fn entry_size(level: u8) -> u64 {
+    1 << shift(level)
+}
+
+/// Pages mapped by one entry at `level`.
+const fn entry_pages(level: u8) -> u64 {
+    entry_size(level) / PAGE_SIZE
+}
+
+const fn is_valid(d: u64) -> bool {
+    d & VALID != 0
+}
+
+/// A table descriptor: valid with bits[1:0] = 0b11 at levels 0..=2.
+const fn is_table(d: u64, level: u8) -> bool {
+    level < 3 && d & 0b11 == TABLE_OR_PAGE
+}
+
+const fn is_pending(d: u64) -> bool {
+    !is_valid(d) && d >> TYPE_SHIFT == TYPE_PENDING
+}
+
+/// The invalid placeholder for the valid value `d` during break-before-make.
+const fn pending(d: u64) -> u64 {
+    (d & !VALID & !TYPE_MASK) | TYPE_PENDING << TYPE_SHIFT
+}
+
+/// The value an entry will have once the operation completes.
+const fn logical(d: u64) -> u64 {
+    if is_pending(d) {
+        (d & !TYPE_MASK) | VALID
+    } else {
+        d
+    }
+}
+
+fn leaf_bits(leaf: &Leaf) -> u64 {
+    let mut d = SH_INNER | AF | (u64::from(leaf.sw & 0b11) << SW_SHIFT);
+    d |= match leaf.mem {
+        MemType::Normal => MEMATTR_NORMAL_WB,
+        MemType::Device => MEMATTR_DEVICE_NGNRE,
+    };
+    d | perm_bits(leaf.perms)
+}
+
+fn perm_bits(p: Perms) -> u64 {
+    let mut d = 0;
+    if p.read {
+        d |= S2AP_R;
+    }
+    if p.write {
+        d |= S2AP_W;
+    }
+    if !p.exec {
+        d |= XN;
+    }
+    d
+}
+
+fn decode_leaf(d: u64) -> Leaf {
+    Leaf {
+        perms: Perms {
+            read: d & S2AP_R != 0,
+            write: d & S2AP_W != 0,
+            exec: d & XN == 0,
+        },
+        mem: if d & MEMATTR_MASK == MEMATTR_NORMAL_WB {
+            MemType::Normal
+        } else {
+            MemType::Device
+        },
+        sw: ((d & SW_MASK) >> SW_SHIFT) as u8,
+    }
+}
+
+fn encode_ann(ann: Annotation, linear: bool) -> u64 {
+    let ty = if linear { TYPE_ANN_LINEAR } else { TYPE_ANN };
+    ty << TYPE_SHIFT
+        | (ann.meta & META_MAX) << META_SHIFT
+        | u64::from(ann.owner & 0b111) << OWNER_SHIFT
+}
+
+fn ann_type(d: u64) -> u64 {
+    d >> TYPE_SHIFT
+}
+
+fn ann_meta(d: u64) -> u64 {
+    (d >> META_SHIFT) & META_MAX
+}
+
+fn with_meta(d: u64, meta: u64) -> u64 {
+    (d & !(META_MAX << META_SHIFT)) | (meta & META_MAX) << META_SHIFT
+}
+
+/// The entry for the `k`-th sub-part of `pages_per` pages each of entry `d`, as an entry at
+/// `level` (used for splitting a block into its children and for the page view of an entry).
+fn sub_entry(d: u64, level: u8, k: u64) -> u64 {
+    if is_valid(d) {
+        let oa = (d & ADDR_MASK) + k * entry_size(level);
+        let ty = if level == 3 { TABLE_OR_PAGE } else { BLOCK };
+        (d & !ADDR_MASK & !0b11) | oa | ty
+    } else if ann_type(d) == TYPE_ANN_LINEAR {
+        with_meta(d, ann_meta(d) + k * entry_pages(level))
+    } else {
+        d
+    }
+}
+
+/// The page-level view of page `k` of leaf or invalid entry `d`.
+fn page_of(d: u64, k: u64) -> u64 {
+    sub_entry(d, 3, k)
+}
+
+// ---- What an operation writes ---------------------------------------------------------------
+
+/// The per-page value an operation installs.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Map the range linearly: page at `ipa0 + x` to `pa0 + x`.
+    Map { ipa0: u64, pa0: u64, attrs: u64 },
+    /// A fixed invalid value (empty or constant annotation).
+    Invalid { desc: u64 },
+    /// A linear annotation: page at `ipa0 + k` pages gets `meta0 + k`.
+    Linear { ipa0: u64, desc0: u64 },
+    /// Replace the bits in `mask` of every valid leaf with `bits`; invalid entries unchanged.
+    Modify { mask: u64, bits: u64 },
+}
+
+impl Target {
+    /// The value of an entry at `level` covering `[ea, ea + size)` entirely inside the range,
+    /// whose current (non-table) value is `old`; `None` if the target cannot be expressed by
+    /// one entry at this level (the entry must become a table).
+    fn entry(&self, old: u64, ea: u64, level: u8) -> Option<u64> {
+        match *self {
+            Target::Map { ipa0, pa0, attrs } => {
+                let pa = pa0 + (ea - ipa0);
+                if level == 3 {
+                    Some(pa | attrs | TABLE_OR_PAGE)
+                } else if level > 0 && pa & (entry_size(level) - 1) == 0 {
+                    Some(pa | attrs | BLOCK)
+                } else {
+                    None
+                }
+            }
+            Target::Invalid { desc } => Some(desc),
+            Target::Linear { ipa0, desc0 } => {
+                Some(with_meta(desc0, ann_meta(desc0) + (ea - ipa0) / PAGE_SIZE))
+            }
+            Target::Modify { mask, bits } => Some(if is_valid(old) {
+                (old & !mask) | bits
+            } else {
+                old
+            }),
+        }
+    }
+
+    /// True if the target changes nothing on the page at `ipa` whose page view is `old_page`.
+    fn keeps_page(&self, old_page: u64, ipa: u64) -> bool {
+        self.entry(old_page, ipa, 3) == Some(old_page)
+    }
+
+    /// True if the target can rewrite a whole table entry without looking at its children.
+    fn replaces_tables(&self) -> bool {
+        !matches!(self, Target::Modify { .. })
+    }
+}
+
+/// A table page seen through the hypervisor's mapping of physical memory.
+#[derive(Clone, Copy)]
+struct TablePtr(*mut u64);
+
+impl TablePtr {
+    fn new(mem: &impl PhysMemory, pa: PhysAddr) -> Self {
+        TablePtr(mem.phys_to_ptr(pa).cast::<u64>())
+    }
+
+    fn read(self, i: usize) -> u64 {
+        debug_assert!(i < ENTRIES);
+        // SAFETY: `self.0` points at a table page owned by this Stage2 (allocated by the engine
+        // and reachable only through it), `phys_to_ptr` makes the whole page accessible, and
+        // i < 512 keeps the access inside the page; table pages are 4 KiB aligned so the u64 is
+        // aligned. Volatile because other walkers (CPUs, the SMMU) read the same memory.
+        unsafe { self.0.add(i).read_volatile() }
+    }
+
+    fn write(self, i: usize, v: u64) {
+        debug_assert!(i < ENTRIES);
+        // SAFETY: as in `read`; the engine is the only writer of its tables (the caller holds the
+        // component's lock, which `&mut Stage2` stands for).
+        unsafe { self.0.add(i).write_volatile(v) }
+    }
+}
+
+/// Bookkeeping of one operation: what must be invalidated, what waits for the second pass, which
+/// table pages wait to be freed.
+struct Pass<'a, P, A> {
+    plat: &'a mut P,
+    alloc: &'a mut A,
+    inv: Option<(u64, u64, Option<u8>)>,
+    pending: Option<(u64, u64)>,
+    free_head: Option<PhysAddr>,
+    publish: bool,
+    /// Change of the table page count.
+    tables_added: usize,
+    tables_freed: usize,
+    alloc_failed: bool,
+}
+
+impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
+    fn invalidate(&mut self, start: u64, size: u64, level: Option<u8>) {
+        let end = start + size;
+        self.inv = Some(match self.inv {
+            None => (start, end, level),
+            Some((s, e, l)) => (s.min(start), e.max(end), if l == level { l } else { None }),
+        });
+    }
+
+    fn mark_pending(&mut self, start: u64, size: u64) {
+        let end = start + size;
+        self.pending = Some(match self.pending {
+            None => (start, end),
+            Some((s, e)) => (s.min(start), e.max(end)),
+        });
+    }
+
+    /// Detach the table at `pa` (and its subtree) into the free chain, to be freed after the
+    /// invalidation. The link word reuses entry 0 as an invalid entry, so a walker that still
+    /// uses a cached pointer to this table faults (and retries) instead of translating.
+    fn detach(&mut self, pa: PhysAddr, level: u8) {
+        let t = TablePtr::new(&*self.plat, pa);
+        if level < 3 {
+            for i in 0..ENTRIES {
+                let d = t.read(i);
+                if is_table(d, level) || (is_pending(d) && is_table(logical(d), level)) {
+                    self.detach(PhysAddr(logical(d) & ADDR_MASK), level + 1);
+                }
+            }
+        }
+        let link = match self.free_head {
+            Some(next) => TYPE_FREE_LINK << TYPE_SHIFT | next.raw() | FREE_HAS_NEXT,
+            None => TYPE_FREE_LINK << TYPE_SHIFT,
+        };
+        t.write(0, link);
+        self.free_head = Some(pa);
+    }
+
+    /// Free a table page that was never reachable by a walker, with its subtree.
+    fn free_unreachable(&mut self, pa: PhysAddr, level: u8) {
+        let t = TablePtr::new(&*self.plat, pa);
+        if level < 3 {
+            for i in 0..ENTRIES {
+                let d = logical(t.read(i));
+                if is_table(d, level) {
+                    self.free_unreachable(PhysAddr(d & ADDR_MASK), level + 1);
+                }
+            }
+        }
+        self.alloc.free_table(pa);
+        self.tables_freed += 1;
+    }
+
+    /// Replace entry `i` (level `level`, covering from `ea`) of table `t` by `new`, following
+    /// break-before-make if the table is reachable (`live`).
+    fn replace(&mut self, t: TablePtr, i: usize, level: u8, ea: u64, new: u64, live: bool) {
+        let old = logical(t.read(i));
+        if old == new {
+            return;
+        }
+        let size = entry_size(level);
+        if !live {
+            if is_table(old, level) {
+                self.free_unreachable(PhysAddr(old & ADDR_MASK), level + 1);
+            }
+            t.write(i, new);
+            return;
+        }
+        if is_table(old, level) {
+            self.detach(PhysAddr(old & ADDR_MASK), level + 1);
+            self.invalidate(ea, size, None);
+            if is_valid(new) {
+                t.write(i, pending(new));
+                self.mark_pending(ea, size);
+            } else {
+                t.write(i, new);
+            }
+            return;
+        }
+        if !is_valid(old) {
+            t.write(i, new);
+            self.publish |= is_valid(new);
+            return;
+        }
+        if !is_valid(new) {
+            t.write(i, new);
+            self.invalidate(ea, size, Some(level));
+            return;
+        }
+        if (old ^ new) & !(PERM_MASK | SW_MASK) == 0 {
+            // Same output, type and size: permissions and software bits change in place.
+            t.write(i, new);
+            if (old ^ new) & PERM_MASK != 0 {
+                self.invalidate(ea, size, Some(level));
+            }
+            return;
+        }
+        t.write(i, pending(new));
+        self.invalidate(ea, size, Some(level));
+        self.mark_pending(ea, size);
+    }
+
+    /// Apply `target` to `[s, e)` within the table at `table_pa` (level `level`, covering from
+    /// `base`). `live` says whether walkers can reach this table.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        table_pa: PhysAddr,
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        target: &Target,
+        live: bool,
+    ) {
+        let t = TablePtr::new(&*self.plat, table_pa);
+        let size = entry_size(level);
+        let first = ((s - base) >> shift(level)) as usize;
+        let last = ((e - 1 - base) >> shift(level)) as usize;
+        for i in first..=last {
+            let ea = base + i as u64 * size;
+            let (cs, ce) = (s.max(ea), e.min(ea + size));
+            let full = cs == ea && ce == ea + size;
+            let old = logical(t.read(i));
+            let table = is_table(old, level);
+            if full && (!table || target.replaces_tables()) {
+                let new = if table {
+                    target.entry(0, ea, level)
+                } else {
+                    target.entry(old, ea, level)
+                };
+                if let Some(new) = new {
+                    self.replace(t, i, level, ea, new, live);
+                    continue;
+                }
+            }
+            if table {
+                let child = PhysAddr(old & ADDR_MASK);
+                self.update(child, level + 1, ea, cs, ce, target, live);
+                if let Some(merged) = uniform(&*self.plat, child, level + 1) {
+                    self.replace(t, i, level, ea, merged, live);
+                }
+                continue;
+            }
+            // A leaf or invalid entry that the target changes only in part: split it, unless
+            // the target already holds on the covered pages.
+            if target.keeps_page(page_of(old, (cs - ea) / PAGE_SIZE), cs) {
+                continue;
+            }
+            let Some(child) = self.alloc.alloc_table() else {
+                self.alloc_failed = true;
+                continue;
+            };
+            self.tables_added += 1;
+            let ct = TablePtr::new(&*self.plat, child);
+            for j in 0..ENTRIES {
+                ct.write(j, sub_entry(old, level + 1, j as u64));
+            }
+            self.update(child, level + 1, ea, cs, ce, target, false);
+            if let Some(merged) = uniform(&*self.plat, child, level + 1) {
+                self.free_unreachable(child, level + 1);
+                self.replace(t, i, level, ea, merged, live);
+                continue;
+            }
+            let desc = child.raw() | TABLE_OR_PAGE;
+            if !live {
+                t.write(i, desc);
+            } else if is_valid(old) {
+                t.write(i, pending(desc));
+                self.invalidate(ea, size, Some(level));
+                self.mark_pending(ea, size);
+            } else {
+                t.write(i, desc);
+                self.publish = true;
+            }
+        }
+    }
+
+    /// Second pass: write the final value of every pending entry in `[s, e)`.
+    fn make(&mut self, table_pa: PhysAddr, level: u8, base: u64, s: u64, e: u64) {
+        let t = TablePtr::new(&*self.plat, table_pa);
+        let first = ((s - base) >> shift(level)) as usize;
+        let last = ((e - 1 - base) >> shift(level)) as usize;
+        for i in first..=last {
+            let d = t.read(i);
+            let ea = base + i as u64 * entry_size(level);
+            if is_pending(d) {
+                t.write(i, logical(d));
+            } else if is_table(d, level) {
+                let (cs, ce) = (s.max(ea), e.min(ea + entry_size(level)));
+                self.make(PhysAddr(d & ADDR_MASK), level + 1, ea, cs, ce);
+            }
+        }
+    }
+}
+
+/// If the 512 entries of the table at `pa` (entries at `level`) are what one entry of the level
+/// above would give, that entry.
+fn uniform(mem: &impl PhysMemory, pa: PhysAddr, level: u8) -> Option<u64> {
+    let t = TablePtr::new(mem, pa);
+    let d0 = logical(t.read(0));
+    let parent = level - 1;
+    let cand = if is_valid(d0) {
+        if is_table(d0, level) || parent == 0 || (d0 & ADDR_MASK) & (entry_size(parent) - 1) != 0 {
+            return None;
+        }
+        (d0 & !0b11) | BLOCK
+    } else {
+        d0
+    };
+    // The last entry first: a table that is not uniform usually differs there or early.
+    if logical(t.read(ENTRIES - 1)) != sub_entry(cand, level, ENTRIES as u64 - 1) {
+        return None;
+    }
+    for i in 1..ENTRIES - 1 {
+        if logical(t.read(i)) != sub_entry(cand, level, i as u64) {
+            return None;
+        }
+    }
+    Some(cand)
+}
+
+fn decode(d: u64, level: u8, k: u64) -> Lookup {
+    if is_valid(d) {
+        let pa = PhysAddr((d & ADDR_MASK) + k * PAGE_SIZE);
+        return Lookup::Mapped {
+            pa,
+            leaf: decode_leaf(d),
+            level,
+        };
+    }
+    match ann_type(d) {
+        TYPE_ANN | TYPE_ANN_LINEAR => {
+            let linear = ann_type(d) == TYPE_ANN_LINEAR;
+            let meta = if linear {
+                (ann_meta(d) + k) & META_MAX
+            } else {
+                ann_meta(d)
+            };
+            let owner = ((d & OWNER_MASK) >> OWNER_SHIFT) as u8;
+            Lookup::Annotated {
+                ann: Annotation { owner, meta },
+                level,
+            }
+        }
+        _ => Lookup::Empty { level },
+    }
+}
+
+/// A stage-2 address space: a root table, its geometry and its VMID.
+#[derive(Debug)]
+pub struct Stage2 {
+    root: PhysAddr,
+    cfg: Stage2Config,
+    vmid: Vmid,
+    tables: usize,
+}
+
+impl Stage2 {
+    /// A new, empty address space whose root page comes from `alloc`.
+    ///
+    /// # Errors
+    /// `NoMem` if `alloc` is empty.
+    pub fn new(
+        cfg: Stage2Config,
+        vmid: Vmid,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+    ) -> Result<Self> {
+        let cfg = Stage2Config::for_ipa_bits(cfg.ipa_bits)?;
+        let root = alloc.alloc_table().ok_or(Error::NoMem)?;
+        let t = TablePtr::new(&*plat, root);
+        for i in 0..ENTRIES {
+            t.write(i, 0);
+        }
+        plat.publish_table_writes();
+        Ok(Self {
+            root,
+            cfg,
+            vmid,
+            tables: 1,
+        })
+    }
+
+    /// Physical address of the root table.
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The VMID the translations are tagged with.
+    pub fn vmid(&self) -> Vmid {
+        self.vmid
+    }
+
+    /// VTTBR_EL2: root address and VMID (CnP clear).
+    pub fn vttbr(&self) -> u64 {
+        self.root.raw() | u64::from(self.vmid.0) << 48
+    }
+
+    /// The geometry.
+    pub fn config(&self) -> Stage2Config {
+        self.cfg
+    }
+
+    /// Table pages currently in use, the root included.
+    pub fn table_pages(&self) -> usize {
+        self.tables
+    }
+
+    /// An upper bound of the table pages any operation over `range` ([`map`](Self::map) with
+    /// any output address, [`annotate`](Self::annotate), [`unmap`](Self::unmap), `set_*`) may
+    /// allocate: every entry of levels start..=2 that the range touches gets at most one new
+    /// table. Constant time. A caller that has this many pages available never sees `NoMem`.
+    pub fn tables_needed(&self, _plat: &impl PhysMemory, range: PageRange<Ipa>) -> usize {
+        let (s, e) = (range.start().raw(), range.end().raw());
+        (self.cfg.start_level..3)
+            .map(|l| (((e - 1) >> shift(l)) - (s >> shift(l)) + 1) as usize)
+            .sum()
+    }
+
+    /// The exact number of table pages `map(range, pa, ..)` (`pa = Some`) or any other
+    /// operation over `range` would allocate in the worst case given the tables as they are now
+    /// (a walk; [`tables_needed`](Self::tables_needed) is the constant-time bound).
+    pub fn tables_needed_for(
+        &self,
+        plat: &impl PhysMemory,
+        range: PageRange<Ipa>,
+        pa: Option<PhysAddr>,
+    ) -> usize {
+        let target = match pa {
+            Some(pa) => Target::Map {
+                ipa0: range.start().raw(),
+                pa0: pa.raw(),
+                attrs: 0,
+            },
+            None => Target::Invalid { desc: pending(0) },
+        };
+        self.count(
+            plat,
+            self.root,
+            self.cfg.start_level,
+            0,
+            range.start().raw(),
+            range.end().raw(),
+            &target,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn count(
+        &self,
+        mem: &impl PhysMemory,
+        table: PhysAddr,
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        t: &Target,
+    ) -> usize {
+        let tp = TablePtr::new(mem, table);
+        let size = entry_size(level);
+        let first = ((s - base) >> shift(level)) as usize;
+        let last = ((e - 1 - base) >> shift(level)) as usize;
+        let mut n = 0;
+        for i in first..=last {
+            let ea = base + i as u64 * size;
+            let (cs, ce) = (s.max(ea), e.min(ea + size));
+            let d = logical(tp.read(i));
+            if is_table(d, level) {
+                n += self.count(mem, PhysAddr(d & ADDR_MASK), level + 1, ea, cs, ce, t);
+            } else {
+                n += count_split(d, level, ea, cs, ce, t);
+            }
+        }
+        n
+    }
+
+    /// Map `range` linearly to the pages from `pa` with attributes `leaf`, using 1 GiB and 2 MiB
+    /// blocks wherever the IPA, the output address and the range allow.
+    ///
+    /// # Errors
+    /// `Range` if the range reaches beyond [`Stage2Config::ipa_limit`] or the output range
+    /// beyond 48 bits; `Align` if `pa` is not page aligned; `Invalid` if `leaf.sw > 3`; `NoMem`
+    /// if the allocator cannot supply the table pages (nothing changed).
+    pub fn map(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+        pa: PhysAddr,
+        leaf: Leaf,
+    ) -> Result<()> {
+        if !pa.is_page_aligned() {
+            return Err(Error::Align);
+        }
+        if leaf.sw > 3 {
+            return Err(Error::Invalid);
+        }
+        match pa.checked_add(range.bytes()) {
+            Some(end) if end.raw() <= 1 << 48 => {}
+            _ => return Err(Error::Range),
+        }
+        let target = Target::Map {
+            ipa0: range.start().raw(),
+            pa0: pa.raw(),
+            attrs: leaf_bits(&leaf),
+        };
+        self.apply(plat, alloc, range, &target)
+    }
+
+    /// Make every page of `range` invalid and annotated with `ann` (the same value on every page).
+    ///
+    /// # Errors
+    /// `Range` beyond the IPA limit; `Invalid` if `ann.owner > 7` or `ann.meta` needs more than
+    /// 56 bits; `NoMem` as for [`map`](Self::map).
+    pub fn annotate(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+        ann: Annotation,
+    ) -> Result<()> {
+        if ann.owner > 7 || ann.meta > META_MAX {
+            return Err(Error::Invalid);
+        }
+        self.apply(
+            plat,
+            alloc,
+            range,
+            &Target::Invalid {
+                desc: encode_ann(ann, false),
+            },
+        )
+    }
+
+    /// Make every page of `range` invalid and annotated; page `k` of the range gets metadata
+    /// `ann.meta + k` (see the module documentation).
+    ///
+    /// # Errors
+    /// As [`annotate`](Self::annotate); also `Invalid` if `ann.meta + pages - 1` needs more than
+    /// 56 bits.
+    pub fn annotate_linear(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+        ann: Annotation,
+    ) -> Result<()> {
+        match ann.meta.checked_add(range.pages() - 1) {
+            Some(last) if last <= META_MAX && ann.owner <= 7 => {}
+            _ => return Err(Error::Invalid),
+        }
+        let target = Target::Linear {
+            ipa0: range.start().raw(),
+            desc0: encode_ann(ann, true),
+        };
+        self.apply(plat, alloc, range, &target)
+    }
+
+    /// Make every page of `range` empty (invalid, not annotated).
+    ///
+    /// # Errors
+    /// `Range` beyond the IPA limit; `NoMem` as for [`map`](Self::map) (unmapping part of a
+    /// block or annotated block needs a table).
+    pub fn unmap(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+    ) -> Result<()> {
+        self.apply(plat, alloc, range, &Target::Invalid { desc: 0 })
+    }
+
+    /// Set the software bits (page state) of every mapped page of `range` to `sw`, keeping the
+    /// output address, type and permissions; pages that are not mapped are left alone. Needs no
+    /// TLB invalidation (walkers ignore the bits).
+    ///
+    /// # Errors
+    /// `Invalid` if `sw > 3`; `Range`, `NoMem` as for [`map`](Self::map).
+    pub fn set_sw(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+        sw: u8,
+    ) -> Result<()> {
+        if sw > 3 {
+            return Err(Error::Invalid);
+        }
+        self.apply(
+            plat,
+            alloc,
+            range,
+            &Target::Modify {
+                mask: SW_MASK,
+                bits: u64::from(sw) << SW_SHIFT,
+            },
+        )
+    }
+
+    /// Set the permissions of every mapped page of `range`, keeping everything else; pages that
+    /// are not mapped are left alone. Invalidated (one range) if anything changed.
+    ///
+    /// # Errors
+    /// `Range`, `NoMem` as for [`map`](Self::map).
+    pub fn set_perms(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        range: PageRange<Ipa>,
+        perms: Perms,
+    ) -> Result<()> {
+        self.apply(
+            plat,
+            alloc,
+            range,
+            &Target::Modify {
+                mask: PERM_MASK,
+                bits: perm_bits(perms),
+            },
+        )
+    }
+
+    fn apply<P: Platform, A: TableAllocator>(
+        &mut self,
+        plat: &mut P,
+        alloc: &mut A,
+        range: PageRange<Ipa>,
+        target: &Target,
+    ) -> Result<()> {
+        let (s, e) = (range.start().raw(), range.end().raw());
+        if e > self.cfg.ipa_limit() {
+            return Err(Error::Range);
+        }
+        // Capacity first, so that a refused operation changed nothing.
+        let avail = alloc.available();
+        if avail < self.tables_needed(&*plat, range)
+            && avail < self.count(&*plat, self.root, self.cfg.start_level, 0, s, e, target)
+        {
+            return Err(Error::NoMem);
+        }
+        let mut pass = Pass {
+            plat,
+            alloc,
+            inv: None,
+            pending: None,
+            free_head: None,
+            publish: false,
+            tables_added: 0,
+            tables_freed: 0,
+            alloc_failed: false,
+        };
+        pass.update(self.root, self.cfg.start_level, 0, s, e, target, true);
+        if let Some((is, ie, level)) = pass.inv {
+            let pages = (ie - is) / PAGE_SIZE;
+            let stride = level.map_or(1, entry_pages);
+            if pages / stride > TLBI_MAX_OPS {
+                pass.plat.invalidate_vmid(self.vmid);
+            } else {
+                pass.plat
+                    .invalidate_ipa_range(self.vmid, Ipa(is), pages, level);
+            }
+        } else if pass.publish {
+            pass.plat.publish_table_writes();
+        }
+        if let Some((ps, pe)) = pass.pending {
+            pass.make(self.root, self.cfg.start_level, 0, ps, pe);
+            pass.plat.publish_table_writes();
+        }
+        let mut next = pass.free_head;
+        while let Some(pa) = next {
+            let link = TablePtr::new(&*pass.plat, pa).read(0);
+            next = (link & FREE_HAS_NEXT != 0).then_some(PhysAddr(link & ADDR_MASK));
+            pass.alloc.free_table(pa);
+            pass.tables_freed += 1;
+        }
+        self.tables = self.tables + pass.tables_added - pass.tables_freed;
+        if pass.alloc_failed {
+            // Only reachable if the allocator's `available()` over-reported.
+            return Err(Error::NoMem);
+        }
+        Ok(())
+    }
+
+    /// What the tables say about the page at `ipa` (an IPA beyond the limit is `Empty` at the
+    /// start level).
+    pub fn lookup(&self, plat: &impl PhysMemory, ipa: Ipa) -> Lookup {
+        let ipa = ipa.raw();
+        let mut level = self.cfg.start_level;
+        if ipa >= self.cfg.ipa_limit() {
+            return Lookup::Empty { level };
+        }
+        let mut table = self.root;
+        loop {
+            let i = ((ipa >> shift(level)) & 511) as usize;
+            let d = logical(TablePtr::new(&*plat, table).read(i));
+            if is_table(d, level) {
+                table = PhysAddr(d & ADDR_MASK);
+                level += 1;
+                continue;
+            }
+            let k = (ipa & (entry_size(level) - 1)) / PAGE_SIZE;
+            return decode(d, level, k);
+        }
+    }
+
+    /// Visit `range` in maximal chunks of pages that continue one another: `f(start, pages,
+    /// lookup_of_first_page)`. Within a chunk, page `k` looks up as the first page advanced by
+    /// `k` pages (the output address, or the metadata of a linear annotation, grows with `k`;
+    /// everything else is identical); the level may differ inside a chunk. One walk, visiting
+    /// each entry once; stops early when `f` breaks.
+    pub fn walk(
+        &self,
+        plat: &impl PhysMemory,
+        range: PageRange<Ipa>,
+        mut f: impl FnMut(Ipa, u64, &Lookup) -> ControlFlow<()>,
+    ) {
+        let (s, e) = (range.start().raw(), range.end().raw());
+        let limit = self.cfg.ipa_limit();
+        let mut chunk = Chunk {
+            start: s,
+            pages: 0,
+            first: 0,
+            level: 0,
+        };
+        let mut flow = ControlFlow::Continue(());
+        if s < limit {
+            flow = self.walk_table(
+                plat,
+                self.root,
+                self.cfg.start_level,
+                0,
+                s,
+                e.min(limit),
+                &mut chunk,
+                &mut f,
+            );
+        }
+        if flow.is_break() {
+            return;
+        }
+        if chunk.pages > 0
+            && f(
+                Ipa(chunk.start),
+                chunk.pages,
+                &decode(chunk.first, chunk.level, 0),
+            )
+            .is_break()
+        {
+            return;
+        }
+        if e > limit {
+            let from = s.max(limit);
+            let _ = f(
+                Ipa(from),
+                (e - from) / PAGE_SIZE,
+                &Lookup::Empty {
+                    level: self.cfg.start_level,
+                },
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_table(
+        &self,
+        mem: &impl PhysMemory,
+        table: PhysAddr,
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        chunk: &mut Chunk,
+        f: &mut impl FnMut(Ipa, u64, &Lookup) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let t = TablePtr::new(mem, table);
+        let size = entry_size(level);
+        let first = ((s - base) >> shift(level)) as usize;
+        let last = ((e - 1 - base) >> shift(level)) as usize;
+        for i in first..=last {
+            let ea = base + i as u64 * size;
+            let (cs, ce) = (s.max(ea), e.min(ea + size));
+            let d = logical(t.read(i));
+            if is_table(d, level) {
+                self.walk_table(
+                    mem,
+                    PhysAddr(d & ADDR_MASK),
+                    level + 1,
+                    ea,
+                    cs,
+                    ce,
+                    chunk,
+                    f,
+                )?;
+                continue;
+            }
+            let page = page_of(d, (cs - ea) / PAGE_SIZE);
+            let pages = (ce - cs) / PAGE_SIZE;
+            if chunk.pages > 0 && page_of(chunk.first, chunk.pages) == page {
+                chunk.pages += pages;
+                continue;
+            }
+            if chunk.pages > 0 {
+                f(
+                    Ipa(chunk.start),
+                    chunk.pages,
+                    &decode(chunk.first, chunk.level, 0),
+                )?;
+            }
+            *chunk = Chunk {
+                start: cs,
+                pages,
+                first: page,
+                level,
+            };
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Free every table page back to `alloc` (VM teardown), after invalidating the whole VMID
+    /// so that no walker keeps a pointer to them.
+    pub fn destroy(self, plat: &mut impl Platform, alloc: &mut impl TableAllocator) {
+        plat.invalidate_vmid(self.vmid);
+        free_tree(plat, alloc, self.root, self.cfg.start_level);
+    }
+}
+
+fn free_tree(
+    plat: &mut impl Platform,
+    alloc: &mut impl TableAllocator,
+    table: PhysAddr,
+    level: u8,
+) {
+    if level < 3 {
+        let t = TablePtr::new(&*plat, table);
+        for i in 0..ENTRIES {
+            let d = logical(t.read(i));
+            if is_table(d, level) {
+                free_tree(plat, alloc, PhysAddr(d & ADDR_MASK), level + 1);
+            }
+        }
+    }
+    alloc.free_table(table);
+}
+
+/// The chunk being accumulated by [`Stage2::walk`]: `first` is the page view of its first page
+/// (found at `level`).
+struct Chunk {
+    start: u64,
+    pages: u64,
+    first: u64,
+    level: u8,
+}
+
+/// Tables needed to apply `t` to `[cs, ce)` inside a non-table entry `d` at `level` covering
+/// from `ea` (worst case: ignores that a new table might coalesce at once).
+fn count_split(d: u64, level: u8, ea: u64, cs: u64, ce: u64, t: &Target) -> usize {
+    let size = entry_size(level);
+    if cs == ea && ce == ea + size && t.entry(d, ea, level).is_some() {
+        return 0;
+    }
+    if t.keeps_page(page_of(d, (cs - ea) / PAGE_SIZE), cs) {
+        return 0;
+    }
+    if level == 3 {
+        return 0;
+    }
+    let child = level + 1;
+    let csize = entry_size(child);
+    let first = (cs - ea) / csize;
+    let last = (ce - 1 - ea) / csize;
+    1 + (first..=last)
+        .map(|j| {
+            let ca = ea + j * csize;
+            count_split(
+                sub_entry(d, child, j),
+                child,
+                ca,
+                cs.max(ca),
+                ce.min(ca + csize),
+                t,
+            )
+        })
+        .sum::<usize>()
+}
