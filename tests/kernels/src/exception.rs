@@ -288,7 +288,12 @@ const _: () = assert!(core::mem::size_of::<Frame>() == 272);
 const SYNC_CURRENT_SPX: u64 = 4;
 
 const KIND_NAMES: [&str; 4] = ["sync", "irq", "fiq", "serror"];
-const ORIGIN_NAMES: [&str; 4] = ["current EL SP0", "current EL SPx", "lower EL AArch64", "lower EL AArch32"];
+const ORIGIN_NAMES: [&str; 4] = [
+    "current EL SP0",
+    "current EL SPx",
+    "lower EL AArch64",
+    "lower EL AArch32",
+];
 
 extern "C" fn handle_exception(kind: u64, frame: &mut Frame) {
     let esr: u64;
@@ -326,10 +331,19 @@ extern "C" fn handle_exception(kind: u64, frame: &mut Frame) {
     );
     for (i, pair) in frame.x.chunks(2).enumerate() {
         match pair {
-            [a, b] => crate::println_raw!("  x{:<2} = {:#018x}  x{:<2} = {:#018x}", 2 * i, a, 2 * i + 1, b),
+            [a, b] => crate::println_raw!(
+                "  x{:<2} = {:#018x}  x{:<2} = {:#018x}",
+                2 * i,
+                a,
+                2 * i + 1,
+                b
+            ),
             [a] => crate::println_raw!("  x{:<2} = {:#018x}", 2 * i, a),
             _ => {}
         }
     }
-    crate::harness::abort_suite(format_args!("unexpected exception, esr={esr:#x} elr={:#x}", frame.elr));
+    crate::harness::abort_suite(format_args!(
+        "unexpected exception, esr={esr:#x} elr={:#x}",
+        frame.elr
+    ));
 }

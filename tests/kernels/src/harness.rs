@@ -30,11 +30,17 @@ pub struct Failure {
 impl Failure {
     /// A failure with a formatted reason.
     pub fn fail(args: fmt::Arguments<'_>) -> Self {
-        Self { skip: false, message: Message::from_args(args) }
+        Self {
+            skip: false,
+            message: Message::from_args(args),
+        }
     }
     /// A skip with a formatted reason (the test could not run here; counts as neither).
     pub fn skip(args: fmt::Arguments<'_>) -> Self {
-        Self { skip: true, message: Message::from_args(args) }
+        Self {
+            skip: true,
+            message: Message::from_args(args),
+        }
     }
     /// Whether this is a skip rather than a failure.
     pub fn is_skip(&self) -> bool {
@@ -54,7 +60,10 @@ pub struct Message {
 
 impl Message {
     fn from_args(args: fmt::Arguments<'_>) -> Self {
-        let mut m = Self { buf: [0; 240], len: 0 };
+        let mut m = Self {
+            buf: [0; 240],
+            len: 0,
+        };
         let _ = m.write_fmt(args);
         m
     }
@@ -122,7 +131,9 @@ fn current_name() -> Option<&'static str> {
 }
 
 fn set_current(name: Option<&'static str>) {
-    let (p, len) = name.map_or((core::ptr::null_mut(), 0), |n| (n.as_ptr().cast_mut(), n.len()));
+    let (p, len) = name.map_or((core::ptr::null_mut(), 0), |n| {
+        (n.as_ptr().cast_mut(), n.len())
+    });
     CURRENT_LEN.store(len, Ordering::SeqCst);
     CURRENT.store(p, Ordering::SeqCst);
 }

@@ -39,31 +39,106 @@ const CPUS_EXPECTED: usize = 4;
 const JOB_TIMEOUT_MS: u64 = 2000;
 
 static TESTS: &[Test] = &[
-    Test { name: "boot_cpu_runs_at_el1", run: boot_cpu_runs_at_el1 },
-    Test { name: "fp_simd_usable_at_el1", run: fp_simd_usable_at_el1 },
-    Test { name: "all_cpus_start_at_el1_through_psci_cpu_on", run: all_cpus_start_at_el1 },
-    Test { name: "psci_version_is_1_1", run: psci_version_is_1_1 },
-    Test { name: "psci_features_answer_as_bare_qemu", run: psci_features_answer_as_bare_qemu },
-    Test { name: "psci_cpu_on_of_online_cpu_is_already_on", run: psci_cpu_on_online_is_already_on },
-    Test { name: "psci_cpu_on_of_unknown_mpidr_is_invalid", run: psci_cpu_on_unknown_mpidr_is_invalid },
-    Test { name: "psci_affinity_info_reports_online_cpus", run: psci_affinity_info_reports_online },
-    Test { name: "psci_cpu_off_then_cpu_on_restarts_cpu", run: psci_cpu_off_then_cpu_on },
-    Test { name: "smccc_version_is_1_1", run: smccc_version_is_1_1 },
-    Test { name: "verso_abi_version_answers", run: verso_abi_version_answers },
-    Test { name: "vendor_hyp_uid_answers", run: vendor_hyp_uid_answers },
-    Test { name: "smccc_arch_features_lists_verso_calls", run: arch_features_lists_verso_calls },
-    Test { name: "unknown_hypercall_is_not_supported_and_preserves_args", run: unknown_hypercall },
-    Test { name: "unknown_smc_is_not_supported", run: unknown_smc_is_not_supported },
-    Test { name: "host_dtb_reserves_hyp_memory_no_map", run: host_dtb_reserves_hyp_memory },
-    Test { name: "host_dtb_hides_the_smmu", run: host_dtb_hides_the_smmu },
-    Test { name: "bootargs_reach_host_without_verso_words", run: bootargs_without_verso_words },
-    Test { name: "host_ram_is_readable_and_writable", run: host_ram_is_readable_and_writable },
-    Test { name: "uart_is_reachable", run: uart_is_reachable },
-    Test { name: "reading_hyp_memory_aborts_and_leaves_it_unchanged", run: reading_hyp_memory_aborts },
-    Test { name: "writing_hyp_memory_aborts_and_leaves_it_unchanged", run: writing_hyp_memory_aborts },
-    Test { name: "executing_hyp_memory_aborts", run: executing_hyp_memory_aborts },
-    Test { name: "smmu_registers_are_unreachable", run: smmu_registers_are_unreachable },
-    Test { name: "secondary_cpu_gets_the_injected_abort_too", run: secondary_gets_injected_abort },
+    Test {
+        name: "boot_cpu_runs_at_el1",
+        run: boot_cpu_runs_at_el1,
+    },
+    Test {
+        name: "fp_simd_usable_at_el1",
+        run: fp_simd_usable_at_el1,
+    },
+    Test {
+        name: "all_cpus_start_at_el1_through_psci_cpu_on",
+        run: all_cpus_start_at_el1,
+    },
+    Test {
+        name: "psci_version_is_1_1",
+        run: psci_version_is_1_1,
+    },
+    Test {
+        name: "psci_features_answer_as_bare_qemu",
+        run: psci_features_answer_as_bare_qemu,
+    },
+    Test {
+        name: "psci_cpu_on_of_online_cpu_is_already_on",
+        run: psci_cpu_on_online_is_already_on,
+    },
+    Test {
+        name: "psci_cpu_on_of_unknown_mpidr_is_invalid",
+        run: psci_cpu_on_unknown_mpidr_is_invalid,
+    },
+    Test {
+        name: "psci_affinity_info_reports_online_cpus",
+        run: psci_affinity_info_reports_online,
+    },
+    Test {
+        name: "psci_cpu_off_then_cpu_on_restarts_cpu",
+        run: psci_cpu_off_then_cpu_on,
+    },
+    Test {
+        name: "smccc_version_is_1_1",
+        run: smccc_version_is_1_1,
+    },
+    Test {
+        name: "verso_abi_version_answers",
+        run: verso_abi_version_answers,
+    },
+    Test {
+        name: "vendor_hyp_uid_answers",
+        run: vendor_hyp_uid_answers,
+    },
+    Test {
+        name: "smccc_arch_features_lists_verso_calls",
+        run: arch_features_lists_verso_calls,
+    },
+    Test {
+        name: "unknown_hypercall_is_not_supported_and_preserves_args",
+        run: unknown_hypercall,
+    },
+    Test {
+        name: "unknown_smc_is_not_supported",
+        run: unknown_smc_is_not_supported,
+    },
+    Test {
+        name: "host_dtb_reserves_hyp_memory_no_map",
+        run: host_dtb_reserves_hyp_memory,
+    },
+    Test {
+        name: "host_dtb_hides_the_smmu",
+        run: host_dtb_hides_the_smmu,
+    },
+    Test {
+        name: "bootargs_reach_host_without_verso_words",
+        run: bootargs_without_verso_words,
+    },
+    Test {
+        name: "host_ram_is_readable_and_writable",
+        run: host_ram_is_readable_and_writable,
+    },
+    Test {
+        name: "uart_is_reachable",
+        run: uart_is_reachable,
+    },
+    Test {
+        name: "reading_hyp_memory_aborts_and_leaves_it_unchanged",
+        run: reading_hyp_memory_aborts,
+    },
+    Test {
+        name: "writing_hyp_memory_aborts_and_leaves_it_unchanged",
+        run: writing_hyp_memory_aborts,
+    },
+    Test {
+        name: "executing_hyp_memory_aborts",
+        run: executing_hyp_memory_aborts,
+    },
+    Test {
+        name: "smmu_registers_are_unreachable",
+        run: smmu_registers_are_unreachable,
+    },
+    Test {
+        name: "secondary_cpu_gets_the_injected_abort_too",
+        run: secondary_gets_injected_abort,
+    },
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -83,7 +158,11 @@ fn canary() -> Result<Canary, Failure> {
     };
     ensure!(r[0] == 0, "VERSO_HYP_CANARY returned x0={:#x}", r[0]);
     ensure!(r[1] % 4096 == 0, "canary PA {:#x} not page aligned", r[1]);
-    Ok(Canary { pa: r[1], now: r[2], at_boot: r[3] })
+    Ok(Canary {
+        pa: r[1],
+        now: r[2],
+        at_boot: r[3],
+    })
 }
 
 /// Checks that the canary checksum still equals the boot-time one.
@@ -112,9 +191,16 @@ fn hyp_region() -> Result<(u64, u64), Failure> {
 fn check_abort(fault: Fault, ec: u64, write: bool, addr: u64) -> TestResult {
     ensure!(fault.ec() == ec, "expected EC {ec:#x}, got {fault}");
     ensure!(fault.il(), "IL clear: {fault}");
-    ensure!(fault.is_translation_fault(), "expected a translation fault (0b0001LL), got {fault}");
+    ensure!(
+        fault.is_translation_fault(),
+        "expected a translation fault (0b0001LL), got {fault}"
+    );
     if ec == EC_DATA_ABORT_SAME_EL {
-        ensure!(fault.wnr() == write, "WnR should be {}: {fault}", write as u8);
+        ensure!(
+            fault.wnr() == write,
+            "WnR should be {}: {fault}",
+            write as u8
+        );
     }
     ensure!(fault.far == addr, "FAR should be {addr:#x}: {fault}");
     Ok(())
@@ -139,13 +225,19 @@ fn expect_write_abort(addr: u64, value: u64) -> TestResult {
 fn psci(function: u64, a1: u64, a2: u64, a3: u64) -> Result<i64, Failure> {
     match psci_call(function, a1, a2, a3) {
         Ok(v) => Ok(v),
-        Err(f) => fail!("PSCI call {function:#x} via {} faulted: {f}", smccc::psci_conduit()),
+        Err(f) => fail!(
+            "PSCI call {function:#x} via {} faulted: {f}",
+            smccc::psci_conduit()
+        ),
     }
 }
 
 fn need_cpus() -> TestResult {
     let n = cpus::count();
-    ensure!(n == CPUS_EXPECTED, "DTB lists {n} CPUs, this suite needs {CPUS_EXPECTED} (-smp 4)");
+    ensure!(
+        n == CPUS_EXPECTED,
+        "DTB lists {n} CPUs, this suite needs {CPUS_EXPECTED} (-smp 4)"
+    );
     Ok(())
 }
 
@@ -222,7 +314,10 @@ fn psci_features_answer_as_bare_qemu() -> TestResult {
         (0xc600_8000, psci::NOT_SUPPORTED),
     ] {
         let got = psci(psci::FEATURES, function, 0, 0)?;
-        ensure!(got == want, "PSCI_FEATURES({function:#x}) = {got}, QEMU answers {want}");
+        ensure!(
+            got == want,
+            "PSCI_FEATURES({function:#x}) = {got}, QEMU answers {want}"
+        );
     }
     Ok(())
 }
@@ -230,17 +325,31 @@ fn psci_features_answer_as_bare_qemu() -> TestResult {
 fn psci_cpu_on_online_is_already_on() -> TestResult {
     need_cpus()?;
     ensure!(is_online(1)?, "precondition: CPU 1 is not online");
-    let status = psci(psci::CPU_ON64, cpus::mpidr_of(1), cpus::secondary_entry(), 1)?;
-    ensure!(status == psci::ALREADY_ON, "CPU_ON of online CPU 1 = {status}, expected -4 (ALREADY_ON)");
+    let status = psci(
+        psci::CPU_ON64,
+        cpus::mpidr_of(1),
+        cpus::secondary_entry(),
+        1,
+    )?;
+    ensure!(
+        status == psci::ALREADY_ON,
+        "CPU_ON of online CPU 1 = {status}, expected -4 (ALREADY_ON)"
+    );
     // CPU 1 must not have been disturbed: it still runs jobs.
-    ensure!(cpus::run_on(1, cpus::current_el_job, JOB_TIMEOUT_MS) == Some(1), "CPU 1 stopped answering");
+    ensure!(
+        cpus::run_on(1, cpus::current_el_job, JOB_TIMEOUT_MS) == Some(1),
+        "CPU 1 stopped answering"
+    );
     Ok(())
 }
 
 fn psci_cpu_on_unknown_mpidr_is_invalid() -> TestResult {
     let bogus = 0xff_00ff_00ff; // Aff3 = 0xff, Aff0 = 0xff: no such CPU on virt
     let status = psci(psci::CPU_ON64, bogus, cpus::secondary_entry(), 0)?;
-    ensure!(status == psci::INVALID_PARAMETERS, "CPU_ON of MPIDR {bogus:#x} = {status}, expected -2");
+    ensure!(
+        status == psci::INVALID_PARAMETERS,
+        "CPU_ON of MPIDR {bogus:#x} = {status}, expected -2"
+    );
     Ok(())
 }
 
@@ -248,10 +357,16 @@ fn psci_affinity_info_reports_online() -> TestResult {
     need_cpus()?;
     for cpu in 0..cpus::count() {
         let info = psci(psci::AFFINITY_INFO64, cpus::mpidr_of(cpu), 0, 0)?;
-        ensure!(info == psci::AFFINITY_ON, "AFFINITY_INFO(CPU {cpu}) = {info}, expected 0 (ON)");
+        ensure!(
+            info == psci::AFFINITY_ON,
+            "AFFINITY_INFO(CPU {cpu}) = {info}, expected 0 (ON)"
+        );
     }
     let bogus = psci(psci::AFFINITY_INFO64, 0xff_00ff_00ff, 0, 0)?;
-    ensure!(bogus == psci::INVALID_PARAMETERS, "AFFINITY_INFO(bogus MPIDR) = {bogus}, expected -2");
+    ensure!(
+        bogus == psci::INVALID_PARAMETERS,
+        "AFFINITY_INFO(bogus MPIDR) = {bogus}, expected -2"
+    );
     Ok(())
 }
 
@@ -260,13 +375,19 @@ fn psci_cpu_off_then_cpu_on() -> TestResult {
     let cpu = CPUS_EXPECTED - 1;
     let mpidr = cpus::mpidr_of(cpu);
     ensure!(is_online(cpu)?, "precondition: CPU {cpu} is not online");
-    ensure!(cpus::run_on(cpu, cpus::cpu_off_job, JOB_TIMEOUT_MS) == Some(0), "CPU {cpu} did not take the CPU_OFF job");
+    ensure!(
+        cpus::run_on(cpu, cpus::cpu_off_job, JOB_TIMEOUT_MS) == Some(0),
+        "CPU {cpu} did not take the CPU_OFF job"
+    );
     let mut last = 0;
     let off = cpus::wait_until(JOB_TIMEOUT_MS, || {
         last = psci_call(psci::AFFINITY_INFO64, mpidr, 0, 0).unwrap_or(i64::MIN);
         last == psci::AFFINITY_OFF
     });
-    ensure!(off, "after CPU_OFF, AFFINITY_INFO(CPU {cpu}) = {last}, expected 1 (OFF)");
+    ensure!(
+        off,
+        "after CPU_OFF, AFFINITY_INFO(CPU {cpu}) = {last}, expected 1 (OFF)"
+    );
     match cpus::start(cpu, cpus::current_el_job) {
         Ok(0) => {}
         Ok(status) => fail!("second CPU_ON of CPU {cpu} returned {status}"),
@@ -300,15 +421,26 @@ fn smccc_version_is_1_1() -> TestResult {
 fn verso_abi_version_answers() -> TestResult {
     let r = call([smccc::VERSO_ABI_VERSION, 0, 0, 0])?;
     ensure!(r[0] == 0, "VERSO_ABI_VERSION x0 = {:#x}", r[0]);
-    ensure!(r[1] == 0x0000_0001, "ABI version {:#x}, expected 0x1 (0.1)", r[1]);
-    ensure!(r[2] & 0b11 == 0b11, "call bitmap {:#x} lacks ABI_VERSION/HYP_CANARY", r[2]);
+    ensure!(
+        r[1] == 0x0000_0001,
+        "ABI version {:#x}, expected 0x1 (0.1)",
+        r[1]
+    );
+    ensure!(
+        r[2] & 0b11 == 0b11,
+        "call bitmap {:#x} lacks ABI_VERSION/HYP_CANARY",
+        r[2]
+    );
     Ok(())
 }
 
 fn vendor_hyp_uid_answers() -> TestResult {
     let r = call([smccc::VENDOR_HYP_CALL_UID, 0, 0, 0])?;
     ensure!(r[0] as u32 != u32::MAX, "CALL_UID returned NOT_SUPPORTED");
-    ensure!(r.iter().all(|w| *w <= u64::from(u32::MAX)), "UID words exceed 32 bits: {r:#x?}");
+    ensure!(
+        r.iter().all(|w| *w <= u64::from(u32::MAX)),
+        "UID words exceed 32 bits: {r:#x?}"
+    );
     ensure!(r.iter().any(|w| *w != 0), "UID is all zero");
     Ok(())
 }
@@ -320,17 +452,33 @@ fn arch_features_lists_verso_calls() -> TestResult {
         (0xc600_80ff, smccc::NOT_SUPPORTED),
     ] {
         let r = call([smccc::SMCCC_ARCH_FEATURES, id, 0, 0])?;
-        ensure!(r[0] == want, "ARCH_FEATURES({id:#x}) = {:#x}, expected {want:#x}", r[0]);
+        ensure!(
+            r[0] == want,
+            "ARCH_FEATURES({id:#x}) = {:#x}, expected {want:#x}",
+            r[0]
+        );
     }
     Ok(())
 }
 
 fn unknown_hypercall() -> TestResult {
-    let args = [0x1111_2222_3333_4444, 0x5555_6666_7777_8888, 0x9999_aaaa_bbbb_cccc];
+    let args = [
+        0x1111_2222_3333_4444,
+        0x5555_6666_7777_8888,
+        0x9999_aaaa_bbbb_cccc,
+    ];
     for id in [0xc600_80ff, 0x8600_1234, 0xc5ff_ff00, 0xc300_0000] {
         let r = call([id, args[0], args[1], args[2]])?;
-        ensure!(r[0] == smccc::NOT_SUPPORTED, "hvc {id:#x}: x0 = {:#x}, expected -1", r[0]);
-        ensure!(r[1..] == args, "hvc {id:#x} changed x1..x3: {:#x?}", &r[1..]);
+        ensure!(
+            r[0] == smccc::NOT_SUPPORTED,
+            "hvc {id:#x}: x0 = {:#x}, expected -1",
+            r[0]
+        );
+        ensure!(
+            r[1..] == args,
+            "hvc {id:#x} changed x1..x3: {:#x?}",
+            &r[1..]
+        );
     }
     Ok(())
 }
@@ -338,7 +486,11 @@ fn unknown_hypercall() -> TestResult {
 fn unknown_smc_is_not_supported() -> TestResult {
     for id in [0xc200_0000, 0x8400_00ff, 0xc600_8000] {
         match smc([id, 1, 2, 3]) {
-            Ok(r) => ensure!(r[0] == smccc::NOT_SUPPORTED, "smc {id:#x}: x0 = {:#x}, expected -1", r[0]),
+            Ok(r) => ensure!(
+                r[0] == smccc::NOT_SUPPORTED,
+                "smc {id:#x}: x0 = {:#x}, expected -1",
+                r[0]
+            ),
             Err(f) => fail!("smc {id:#x} faulted: {f}"),
         }
     }
@@ -362,7 +514,8 @@ fn host_dtb_reserves_hyp_memory() -> TestResult {
     );
     ensure!(r.no_map, "{} lacks no-map", r.name);
     ensure!(
-        fdt.memory().any(|(b, s)| b <= r.base && r.base + r.size <= b + s),
+        fdt.memory()
+            .any(|(b, s)| b <= r.base && r.base + r.size <= b + s),
         "the reserved range is not inside any /memory range"
     );
     Ok(())
@@ -370,10 +523,17 @@ fn host_dtb_reserves_hyp_memory() -> TestResult {
 
 fn host_dtb_hides_the_smmu() -> TestResult {
     let Some(fdt) = dtb() else { fail!("no DTB") };
-    ensure!(!fdt.has_compatible("arm,smmu-v3"), "host DTB still has an arm,smmu-v3 node");
+    ensure!(
+        !fdt.has_compatible("arm,smmu-v3"),
+        "host DTB still has an arm,smmu-v3 node"
+    );
     for node in fdt.nodes() {
         for prop in ["iommu-map", "iommu-map-mask", "iommus"] {
-            ensure!(node.property(prop).is_none(), "node {} still has {prop}", node.name());
+            ensure!(
+                node.property(prop).is_none(),
+                "node {} still has {prop}",
+                node.name()
+            );
         }
     }
     Ok(())
@@ -381,13 +541,17 @@ fn host_dtb_hides_the_smmu() -> TestResult {
 
 fn bootargs_without_verso_words() -> TestResult {
     let Some(fdt) = dtb() else { fail!("no DTB") };
-    let Some(args) = fdt.bootargs() else { fail!("no /chosen/bootargs") };
+    let Some(args) = fdt.bootargs() else {
+        fail!("no /chosen/bootargs")
+    };
     ensure!(
         args.split_ascii_whitespace().any(|w| w == SUITE_BOOTARG),
         "bootargs {args:?} lack the payload's own word {SUITE_BOOTARG:?}"
     );
     ensure!(
-        !args.split_ascii_whitespace().any(|w| w.starts_with("verso.")),
+        !args
+            .split_ascii_whitespace()
+            .any(|w| w.starts_with("verso.")),
         "bootargs {args:?} still hold verso.* words"
     );
     Ok(())
@@ -399,7 +563,9 @@ fn bootargs_without_verso_words() -> TestResult {
 fn host_ram_is_readable_and_writable() -> TestResult {
     static WORD: AtomicU64 = AtomicU64::new(0x0123_4567_89ab_cdef);
     let Some(fdt) = dtb() else { fail!("no DTB") };
-    let Some((base, size)) = fdt.memory().next() else { fail!("no /memory") };
+    let Some((base, size)) = fdt.memory().next() else {
+        fail!("no /memory")
+    };
     let last_word = base + size - 8;
     for addr in [WORD.as_ptr() as u64, last_word, base + size / 2] {
         let old = match probe_read_u64(addr) {
@@ -416,7 +582,10 @@ fn host_ram_is_readable_and_writable() -> TestResult {
             }
             let back = probe_read_u64(addr);
             let _ = probe_write_u64(addr, old);
-            ensure!(back == Ok(pattern), "RAM at {addr:#x} read back {back:x?}, wrote {pattern:#x}");
+            ensure!(
+                back == Ok(pattern),
+                "RAM at {addr:#x} read back {back:x?}, wrote {pattern:#x}"
+            );
         }
     }
     Ok(())
@@ -436,7 +605,11 @@ fn uart_is_reachable() -> TestResult {
 fn reading_hyp_memory_aborts() -> TestResult {
     let (base, size) = hyp_region()?;
     let c = canary()?;
-    ensure!(base <= c.pa && c.pa < base + size, "canary {:#x} outside the hyp region", c.pa);
+    ensure!(
+        base <= c.pa && c.pa < base + size,
+        "canary {:#x} outside the hyp region",
+        c.pa
+    );
     ensure!(c.now == c.at_boot, "canary already changed before the test");
     for addr in [c.pa, c.pa + 0x7f8, base, base + size - 8] {
         expect_read_abort(addr)?;
@@ -495,9 +668,22 @@ fn secondary_gets_injected_abort() -> TestResult {
     let c = canary()?;
     ensure!(is_online(1)?, "precondition: CPU 1 is not online");
     SECONDARY_PROBE_ADDR.store(c.pa + 8, Ordering::SeqCst);
-    let Some(esr) = cpus::run_on(1, probe_job, JOB_TIMEOUT_MS) else { fail!("CPU 1 did not answer") };
-    ensure!(esr != 0, "CPU 1 read hyp memory at {:#x} without a fault", c.pa + 8);
-    let f = Fault { esr, far: c.pa + 8, elr: 0 };
-    ensure!(f.ec() == EC_DATA_ABORT_SAME_EL && f.is_translation_fault(), "CPU 1 got {f}");
+    let Some(esr) = cpus::run_on(1, probe_job, JOB_TIMEOUT_MS) else {
+        fail!("CPU 1 did not answer")
+    };
+    ensure!(
+        esr != 0,
+        "CPU 1 read hyp memory at {:#x} without a fault",
+        c.pa + 8
+    );
+    let f = Fault {
+        esr,
+        far: c.pa + 8,
+        elr: 0,
+    };
+    ensure!(
+        f.ec() == EC_DATA_ABORT_SAME_EL && f.is_translation_fault(),
+        "CPU 1 got {f}"
+    );
     canary_unchanged("CPU 1's read")
 }
