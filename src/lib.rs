@@ -23,5 +23,6 @@ pub mod fdt;
 pub mod mem;
 pub mod pgtable;
 pub mod platform;
+pub mod vm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,0 +1,893 @@
+//! The transitions. Each is one function of the same shape: take the locks it needs in the
+//! documented order, check every page of the range on every side and every resource the commit
+//! needs (table pages), then commit with steps that cannot fail. A failed check returns its exact
+//! error before anything was written. Checks run in this order, and the first failure decides:
+//!
+//! 1. argument shape: [`Error::Align`], [`Error::Invalid`], [`Error::Range`] (overflow);
+//! 2. the VM: [`Error::NotFound`], then [`Error::Busy`] if its `dying` flag forbids the call;
+//! 3. the range lies in RAM (host side) / below the guest IPA limit: [`Error::Range`];
+//! 4. page states, page by page in address order, host side then hyp side then guest side:
+//!    [`Error::Perm`] (guest IPAs with no page where one is needed: [`Error::NotFound`]), then
+//!    for the same page the use counters: [`Error::Busy`];
+//! 5. resources (table pages, memcache room, VM slots): [`Error::NoMem`].
+
+use super::{
+    check_capacity, committed, guest_annotation, guest_state, poison_annotation, scrub, Ownership,
+    PageMeta, PageState, PIN_RESERVED,
+};
+use crate::addr::{Address, Ipa, PageRange, PhysAddr, PAGE_SIZE};
+use crate::error::{Error, Result};
+use crate::pgtable::{Leaf, Lookup, MemType, Perms, Stage2, TableAllocator};
+use crate::platform::{PhysMemory, Platform};
+use crate::vm::{Guest, Memcache, VmHandle, VmTable, MEMCACHE_PAGES};
+use core::ops::ControlFlow;
+use PageState::{NoPage, Owned, SharedBorrowed, SharedOwned};
+
+/// Worst-case new table pages to map one page in a 4-level table (levels 1, 2 and 3).
+const WORST_TABLES_PER_PAGE: usize = 3;
+
+/// [`Error::Perm`] unless the host and hyp states of a page are `host` and `hyp`.
+fn expect(m: &PageMeta, host: PageState, hyp: PageState) -> Result<()> {
+    if m.host_state() == host && m.hyp_state() == hyp {
+        Ok(())
+    } else {
+        Err(Error::Perm)
+    }
+}
+
+/// A guest leaf recording `state` in the software bits.
+fn guest_leaf(perms: Perms, state: PageState) -> Leaf {
+    Leaf {
+        perms,
+        mem: MemType::Normal,
+        sw: state as u8,
+    }
+}
+
+/// The rest of `r` after its first `pages` pages, if any.
+fn after<A: Address>(r: PageRange<A>, pages: u64) -> Option<PageRange<A>> {
+    let start = A::from_raw(r.start().to_raw() + pages * PAGE_SIZE);
+    PageRange::new(start, r.pages().checked_sub(pages)?)
+}
+
+/// A maximal run of guest pages in one state, mapped (if at all) to contiguous PAs with one leaf.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    range: PageRange<Ipa>,
+    state: PageState,
+    pa: Option<PhysAddr>,
+}
+
+impl Run {
+    /// The PAs behind a mapped run.
+    fn pa_range(&self) -> Option<PageRange<PhysAddr>> {
+        PageRange::new(self.pa?, self.range.pages())
+    }
+}
+
+/// The first run of `range` in the guest stage-2.
+fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run {
+    let mut acc: Option<(u64, PageState, Option<PhysAddr>, Option<Leaf>)> = None;
+    s2.walk(plat, range, |_ipa, pages, lookup| {
+        let state = guest_state(lookup);
+        let (pa, leaf) = match lookup {
+            Lookup::Mapped { pa, leaf, .. } => (Some(*pa), Some(*leaf)),
+            _ => (None, None),
+        };
+        match &mut acc {
+            None => {
+                acc = Some((pages, state, pa, leaf));
+                ControlFlow::Continue(())
+            }
+            Some((n, s0, pa0, leaf0)) => {
+                let contiguous = match (*pa0, pa) {
+                    (Some(p0), Some(p)) => p0.raw() + *n * PAGE_SIZE == p.raw(),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if *s0 == state && contiguous && *leaf0 == leaf {
+                    *n += pages;
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            }
+        }
+    });
+    let (n, state, pa, _) = acc.unwrap_or((range.pages(), NoPage, None, None));
+    let pages = n.clamp(1, range.pages());
+    Run {
+        range: PageRange::new(range.start(), pages).unwrap_or(range),
+        state,
+        pa,
+    }
+}
+
+/// The runs of `range`, in address order.
+struct Runs<'a, M> {
+    s2: &'a Stage2,
+    plat: &'a M,
+    rest: Option<PageRange<Ipa>>,
+}
+
+impl<M: PhysMemory> Iterator for Runs<'_, M> {
+    type Item = Run;
+    fn next(&mut self) -> Option<Run> {
+        let r = self.rest?;
+        let run = first_run(self.s2, self.plat, r);
+        self.rest = after(r, run.range.pages());
+        Some(run)
+    }
+}
+
+fn runs<'a, M: PhysMemory>(s2: &'a Stage2, plat: &'a M, range: PageRange<Ipa>) -> Runs<'a, M> {
+    Runs {
+        s2,
+        plat,
+        rest: Some(range),
+    }
+}
+
+/// The error for a guest run that is not in one of the `wanted` states.
+fn guest_state_error(run: &Run, wanted: &[PageState]) -> Result<()> {
+    if wanted.contains(&run.state) {
+        Ok(())
+    } else if run.state == NoPage {
+        Err(Error::NotFound)
+    } else {
+        Err(Error::Perm)
+    }
+}
+
+/// The host-side metadata index of a mapped guest run's pages, which must be RAM.
+fn run_pages<A: TableAllocator>(
+    host: &super::HostMemory<'_, A>,
+    run: &Run,
+) -> Result<(PageRange<PhysAddr>, usize)> {
+    let pa = run.pa_range().ok_or(Error::Perm)?;
+    let first = host.ram_index(pa).map_err(|_| Error::Perm)?;
+    Ok((pa, first))
+}
+
+impl<'m, A: TableAllocator> Ownership<'m, A> {
+    /// [`Error::Range`] unless `r` lies below the guest IPA limit.
+    fn check_guest_ipa(&self, r: PageRange<Ipa>) -> Result<()> {
+        if r.end().raw() > self.guest_cfg.ipa_limit() {
+            Err(Error::Range)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The guest range of `pages` pages from `ipa`, checked for alignment and wrap.
+    fn ipa_range(ipa: Ipa, pages: u64) -> Result<PageRange<Ipa>> {
+        if !ipa.is_page_aligned() {
+            return Err(Error::Align);
+        }
+        PageRange::new(ipa, pages).ok_or(Error::Range)
+    }
+
+    /// Share host pages with the hypervisor (the host keeps access): host `Owned` -> `SharedOwned`,
+    /// hyp `NoPage` -> `SharedBorrowed`. No descriptor changes: the hyp reaches RAM through its
+    /// own linear map and the host keeps its mapping.
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless every page is host `Owned`, hyp `NoPage`.
+    pub fn host_share_hyp(&self, pages: PageRange<PhysAddr>) -> Result<()> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
+
+        host.update(first, pages.pages(), |m| {
+            m.set_host_state(SharedOwned);
+            m.set_hyp_state(SharedBorrowed);
+        });
+        hyp.borrowed_pages += pages.pages();
+        Ok(())
+    }
+
+    /// Stop sharing host pages with the hypervisor: the reverse of [`Self::host_share_hyp`].
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless host `SharedOwned` / hyp
+    /// `SharedBorrowed`; [`Error::Busy`] while the hyp has the page pinned.
+    pub fn host_unshare_hyp(&self, pages: PageRange<PhysAddr>) -> Result<()> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| {
+            expect(m, SharedOwned, SharedBorrowed)?;
+            if m.hyp_pins() != 0 {
+                return Err(Error::Busy);
+            }
+            Ok(())
+        })?;
+
+        host.update(first, pages.pages(), |m| {
+            m.set_host_state(Owned);
+            m.set_hyp_state(NoPage);
+        });
+        hyp.borrowed_pages -= pages.pages();
+        Ok(())
+    }
+
+    /// Pin pages the host shares with the hyp, because the hyp is using them (e.g. a vCPU's
+    /// shared state): they cannot be unshared until unpinned.
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless shared with the hyp; [`Error::Busy`]
+    /// if the pin count is saturated.
+    pub fn hyp_pin_shared(&self, pages: PageRange<PhysAddr>) -> Result<()> {
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| {
+            expect(m, SharedOwned, SharedBorrowed)?;
+            if m.hyp_pins() >= PIN_RESERVED - 1 {
+                return Err(Error::Busy);
+            }
+            Ok(())
+        })?;
+
+        host.update(first, pages.pages(), |m| m.set_hyp_pins(m.hyp_pins() + 1));
+        Ok(())
+    }
+
+    /// Drop a pin taken by [`Self::hyp_pin_shared`].
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless shared with the hyp;
+    /// [`Error::Invalid`] if a page is not pinned.
+    pub fn hyp_unpin_shared(&self, pages: PageRange<PhysAddr>) -> Result<()> {
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| {
+            expect(m, SharedOwned, SharedBorrowed)?;
+            if m.hyp_pins() == 0 {
+                return Err(Error::Invalid);
+            }
+            Ok(())
+        })?;
+
+        host.update(first, pages.pages(), |m| m.set_hyp_pins(m.hyp_pins() - 1));
+        Ok(())
+    }
+
+    /// Give host pages to the hypervisor (VM structures, memcache pages): host `Owned` ->
+    /// `NoPage` (descriptor annotated "hyp"), hyp `NoPage` -> `Owned`. Content is kept.
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless host `Owned` / hyp `NoPage`;
+    /// [`Error::NoMem`] if the host allocator cannot cover the table pages of the change.
+    pub fn host_donate_hyp(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+    ) -> Result<()> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
+        host.check_tables(host.tables_needed(plat, pages))?;
+
+        donate_to_hyp(&mut host, &mut hyp, plat, pages, first);
+        Ok(())
+    }
+
+    /// Give hypervisor pages back to the host, scrubbed: hyp `Owned` -> `NoPage`, host `NoPage`
+    /// -> `Owned` (identity mapping restored).
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless hyp `Owned` / host `NoPage`;
+    /// [`Error::Busy`] if pinned (the hyp's own memory is pinned for ever); [`Error::NoMem`].
+    pub fn hyp_donate_host(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+    ) -> Result<()> {
+        let mut host = self.host.lock();
+        let mut hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| {
+            expect(m, NoPage, Owned)?;
+            if m.hyp_pins() != 0 {
+                return Err(Error::Busy);
+            }
+            Ok(())
+        })?;
+        host.check_tables(host.tables_needed(plat, pages))?;
+
+        return_to_host(&mut host, &mut hyp, plat, pages, first);
+        Ok(())
+    }
+
+    /// Share host pages with a guest at `ipa` with `perms` (a non-protected mapping, e.g. virtio
+    /// rings): host `Owned`/`SharedOwned` -> `SharedOwned` (share count + 1), guest `NoPage` ->
+    /// `SharedBorrowed`. A page may be shared with several guests (or IPAs), never also with the hyp.
+    ///
+    /// # Errors
+    /// [`Error::Align`] unaligned `ipa`; [`Error::Range`] if the IPA range wraps or exceeds the
+    /// guest IPA size, or the pages are not RAM; [`Error::Invalid`] for empty `perms`;
+    /// [`Error::NotFound`] unknown VM; [`Error::Busy`] dying VM or share count saturated;
+    /// [`Error::Perm`] wrong host/hyp/guest state; [`Error::NoMem`] memcache too small.
+    pub fn host_share_guest(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+        handle: VmHandle,
+        ipa: Ipa,
+        perms: Perms,
+    ) -> Result<()> {
+        let ipas = Self::ipa_range(ipa, pages.pages())?;
+        if !(perms.read || perms.write || perms.exec) {
+            return Err(Error::Invalid);
+        }
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        let mut guest = vm.guest.lock();
+        host.check(first, pages.pages(), |m| {
+            match (m.host_state(), m.hyp_state()) {
+                (Owned, NoPage) => Ok(()),
+                (SharedOwned, NoPage) if m.guest_shares() == u32::MAX => Err(Error::Busy),
+                (SharedOwned, NoPage) if m.guest_shares() > 0 => Ok(()),
+                _ => Err(Error::Perm),
+            }
+        })?;
+        runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
+        check_capacity(
+            guest.memcache.available(),
+            guest.stage2.tables_needed(&*plat, ipas),
+        )?;
+
+        let g = &mut *guest;
+        let leaf = guest_leaf(perms, SharedBorrowed);
+        committed(
+            g.stage2
+                .map(plat, &mut g.memcache, ipas, pages.start(), leaf),
+        );
+        host.update(first, pages.pages(), |m| {
+            m.set_host_state(SharedOwned);
+            m.set_guest_shares(m.guest_shares() + 1);
+        });
+        Ok(())
+    }
+
+    /// Undo [`Self::host_share_guest`] for the guest IPAs `ipas`: the guest mapping is removed
+    /// (and invalidated) first; the host page returns to `Owned` when its last share goes.
+    /// Allowed on a dying VM (that is how its shared pages are returned).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] unknown VM or an IPA with no page; [`Error::Range`] beyond the guest
+    /// IPA size; [`Error::Perm`] unless every page is guest `SharedBorrowed`; [`Error::NoMem`].
+    pub fn host_unshare_guest(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut guest = vm.guest.lock();
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            guest_state_error(&run, &[SharedBorrowed])?;
+            let (pa, first) = run_pages(&host, &run)?;
+            host.check(first, pa.pages(), |m| {
+                expect(m, SharedOwned, NoPage)?;
+                if m.guest_shares() == 0 {
+                    return Err(Error::Perm);
+                }
+                Ok(())
+            })?;
+        }
+        check_capacity(
+            guest.memcache.available(),
+            guest.stage2.tables_needed(&*plat, ipas),
+        )?;
+
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            let (pa, first) = run_pages(&host, &run)?;
+            host.update(first, pa.pages(), |m| {
+                let left = m.guest_shares() - 1;
+                m.set_guest_shares(left);
+                if left == 0 {
+                    m.set_host_state(Owned);
+                }
+            });
+        }
+        let g = &mut *guest;
+        committed(g.stage2.unmap(plat, &mut g.memcache, ipas));
+        Ok(())
+    }
+
+    /// Give host pages to a guest at `ipa` (protected memory): host `Owned` -> `NoPage`, its
+    /// descriptors annotated with the VM handle and IPA (revoking CPU and DMA access at once);
+    /// guest `NoPage` -> `Owned`, mapped RWX. Content is kept (the host may load an image).
+    ///
+    /// # Errors
+    /// As [`Self::host_share_guest`]; [`Error::NoMem`] if either the host allocator or the VM's
+    /// memcache cannot cover the table pages.
+    pub fn host_donate_guest(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+        handle: VmHandle,
+        ipa: Ipa,
+    ) -> Result<()> {
+        let ipas = Self::ipa_range(ipa, pages.pages())?;
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        let mut guest = vm.guest.lock();
+        host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
+        runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
+        host.check_tables(host.tables_needed(&*plat, pages))?;
+        check_capacity(
+            guest.memcache.available(),
+            guest.stage2.tables_needed(&*plat, ipas),
+        )?;
+
+        host.annotate(plat, pages, guest_annotation(handle, pages.start(), ipa));
+        host.update(first, pages.pages(), |m| m.set_host_state(NoPage));
+        let g = &mut *guest;
+        let leaf = guest_leaf(Perms::RWX, Owned);
+        committed(
+            g.stage2
+                .map(plat, &mut g.memcache, ipas, pages.start(), leaf),
+        );
+        Ok(())
+    }
+
+    /// The guest shares its pages with the host (MEM_SHARE): guest `Owned` -> `SharedOwned`,
+    /// host `NoPage` -> `SharedBorrowed` (identity mapping restored). Content is kept.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] unknown VM or an IPA with no page (the host must donate one first);
+    /// [`Error::Busy`] dying VM; [`Error::Range`] beyond the guest IPA size; [`Error::Perm`]
+    /// unless every page is guest `Owned`; [`Error::NoMem`].
+    pub fn guest_share_host(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut guest = vm.guest.lock();
+        let (mut host_tables, mut guest_tables) = (0, 0);
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            guest_state_error(&run, &[Owned])?;
+            let (pa, first) = run_pages(&host, &run)?;
+            host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
+            host_tables += host.tables_needed(&*plat, pa);
+            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+        }
+        host.check_tables(host_tables)?;
+        check_capacity(guest.memcache.available(), guest_tables)?;
+
+        let mut rest = Some(ipas);
+        while let Some(cur) = rest {
+            let run = first_run(&guest.stage2, &*plat, cur);
+            if let Ok((pa, first)) = run_pages(&host, &run) {
+                let g = &mut *guest;
+                let sw = SharedOwned as u8;
+                committed(g.stage2.set_sw(plat, &mut g.memcache, run.range, sw));
+                host.map(plat, pa);
+                host.update(first, pa.pages(), |m| m.set_host_state(SharedBorrowed));
+            }
+            rest = after(cur, run.range.pages());
+        }
+        Ok(())
+    }
+
+    /// The guest stops sharing its pages with the host (MEM_UNSHARE): the host's mapping is
+    /// replaced by the guest annotation (CPU and DMA access revoked and invalidated before the
+    /// call returns); guest `SharedOwned` -> `Owned`. Content is kept.
+    ///
+    /// # Errors
+    /// As [`Self::guest_share_host`], with `SharedOwned` required.
+    pub fn guest_unshare_host(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut guest = vm.guest.lock();
+        let (mut host_tables, mut guest_tables) = (0, 0);
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            guest_state_error(&run, &[SharedOwned])?;
+            let (pa, first) = run_pages(&host, &run)?;
+            host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
+            host_tables += host.tables_needed(&*plat, pa);
+            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+        }
+        host.check_tables(host_tables)?;
+        check_capacity(guest.memcache.available(), guest_tables)?;
+
+        let mut rest = Some(ipas);
+        while let Some(cur) = rest {
+            let run = first_run(&guest.stage2, &*plat, cur);
+            if let Ok((pa, first)) = run_pages(&host, &run) {
+                host.annotate(
+                    plat,
+                    pa,
+                    guest_annotation(handle, pa.start(), run.range.start()),
+                );
+                host.update(first, pa.pages(), |m| m.set_host_state(NoPage));
+                let g = &mut *guest;
+                committed(
+                    g.stage2
+                        .set_sw(plat, &mut g.memcache, run.range, Owned as u8),
+                );
+            }
+            rest = after(cur, run.range.pages());
+        }
+        Ok(())
+    }
+
+    /// The guest gives pages back to the host for good (MEM_RELINQUISH, e.g. a balloon): the
+    /// guest mapping is removed and invalidated, the page scrubbed, then mapped back to the host.
+    ///
+    /// # Errors
+    /// As [`Self::guest_share_host`], with `Owned` required.
+    pub fn guest_relinquish_to_host(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut guest = vm.guest.lock();
+        let (mut host_tables, mut guest_tables) = (0, 0);
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            guest_state_error(&run, &[Owned])?;
+            let (pa, first) = run_pages(&host, &run)?;
+            host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
+            host_tables += host.tables_needed(&*plat, pa);
+            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+        }
+        host.check_tables(host_tables)?;
+        check_capacity(guest.memcache.available(), guest_tables)?;
+
+        let mut rest = Some(ipas);
+        while let Some(cur) = rest {
+            let run = first_run(&guest.stage2, &*plat, cur);
+            if let Ok((pa, first)) = run_pages(&host, &run) {
+                let g = &mut *guest;
+                committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
+                scrub(plat, pa);
+                host.map(plat, pa);
+                host.update(first, pa.pages(), |m| m.set_host_state(Owned));
+            }
+            rest = after(cur, run.range.pages());
+        }
+        Ok(())
+    }
+
+    /// Take back the pages of a dying VM: each guest `Owned` page is unmapped, scrubbed and
+    /// returned to the host; each `SharedOwned` page (which the host already maps) is unmapped
+    /// from the guest and becomes host `Owned` again.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] unknown VM or an IPA with no page; [`Error::Busy`] if the VM is not
+    /// dying; [`Error::Range`]; [`Error::Perm`] for guest pages in another state (pages the host
+    /// shared with the guest go back with [`Self::host_unshare_guest`]); [`Error::NoMem`].
+    pub fn host_reclaim_guest(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let vm = vms.get(handle)?;
+        if !vm.dying {
+            return Err(Error::Busy);
+        }
+        self.check_guest_ipa(ipas)?;
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let mut guest = vm.guest.lock();
+        let (mut host_tables, mut guest_tables) = (0, 0);
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            guest_state_error(&run, &[Owned, SharedOwned])?;
+            let (pa, first) = run_pages(&host, &run)?;
+            let host_state = if run.state == Owned {
+                NoPage
+            } else {
+                SharedBorrowed
+            };
+            host.check(first, pa.pages(), |m| expect(m, host_state, NoPage))?;
+            if run.state == Owned {
+                host_tables += host.tables_needed(&*plat, pa);
+            }
+            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+        }
+        host.check_tables(host_tables)?;
+        check_capacity(guest.memcache.available(), guest_tables)?;
+
+        let mut rest = Some(ipas);
+        while let Some(cur) = rest {
+            let run = first_run(&guest.stage2, &*plat, cur);
+            if let Ok((pa, first)) = run_pages(&host, &run) {
+                let g = &mut *guest;
+                committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
+                if run.state == Owned {
+                    scrub(plat, pa);
+                    host.map(plat, pa);
+                }
+                host.update(first, pa.pages(), |m| m.set_host_state(Owned));
+            }
+            rest = after(cur, run.range.pages());
+        }
+        Ok(())
+    }
+
+    /// The host takes back pages it donated to a running guest (after faulting on them): the
+    /// guest IPAs become `Poisoned` (the guest's next access faults), the pages are scrubbed and
+    /// mapped back to the host. The pages must be one contiguous donation to one VM.
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless every page is owned by the same
+    /// guest at consecutive IPAs, guest `Owned`; [`Error::NoMem`].
+    pub fn host_force_reclaim_guest(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+    ) -> Result<()> {
+        let vms = self.vms.lock();
+        let mut host = self.host.lock();
+        let _hyp = self.hyp.lock();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| expect(m, NoPage, NoPage))?;
+        let Some((super::Owner::Guest(handle), Some(ipa))) =
+            host.explain_fault(&*plat, pages.start())
+        else {
+            return Err(Error::Perm);
+        };
+        let ann = guest_annotation(handle, pages.start(), ipa);
+        let mut uniform = true;
+        host.stage2
+            .walk(&*plat, super::host::identity(pages), |_, _, lookup| {
+                uniform &= matches!(lookup, Lookup::Annotated { ann: a, .. } if *a == ann);
+                if uniform {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            });
+        let ipas = PageRange::new(ipa, pages.pages()).ok_or(Error::Perm)?;
+        let vm = vms.get(handle).map_err(|_| Error::Perm)?;
+        let mut guest = vm.guest.lock();
+        if !uniform {
+            return Err(Error::Perm);
+        }
+        for run in runs(&guest.stage2, &*plat, ipas) {
+            if run.state != Owned
+                || run.pa.map(|p| p.raw() - pages.start().raw())
+                    != Some(run.range.start().raw() - ipa.raw())
+            {
+                return Err(Error::Perm);
+            }
+        }
+        host.check_tables(host.tables_needed(&*plat, pages))?;
+        check_capacity(
+            guest.memcache.available(),
+            guest.stage2.tables_needed(&*plat, ipas),
+        )?;
+
+        let g = &mut *guest;
+        committed(
+            g.stage2
+                .annotate(plat, &mut g.memcache, ipas, poison_annotation()),
+        );
+        scrub(plat, pages);
+        host.map(plat, pages);
+        host.update(first, pages.pages(), |m| m.set_host_state(Owned));
+        Ok(())
+    }
+
+    /// Create a VM from host pages `pages`: they are donated to the hyp, scrubbed, and become the
+    /// VM's memcache, from which its stage-2 root is taken.
+    ///
+    /// # Errors
+    /// [`Error::Range`] outside RAM; [`Error::Perm`] unless host `Owned`; [`Error::NoMem`] if the
+    /// VM table is full, `pages` exceeds [`MEMCACHE_PAGES`] or the host allocator is short.
+    pub fn create_vm(
+        &self,
+        plat: &mut impl Platform,
+        pages: PageRange<PhysAddr>,
+    ) -> Result<VmHandle> {
+        let (mut vms, mut host, mut hyp) = self.lock_all();
+        let first = host.ram_index(pages)?;
+        host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
+        let handle = vms.free_handle().ok_or(Error::NoMem)?;
+        let vmid = handle.vmid().ok_or(Error::NoMem)?;
+        if pages.pages() > MEMCACHE_PAGES as u64 {
+            return Err(Error::NoMem);
+        }
+        host.check_tables(host.tables_needed(&*plat, pages))?;
+
+        donate_to_hyp(&mut host, &mut hyp, plat, pages, first);
+        // A page the host wrote must never be read as a descriptor.
+        scrub(plat, pages);
+        let mut memcache = Memcache::new();
+        pages.iter().for_each(|pa| memcache.push(pa));
+        match Stage2::new(self.guest_cfg, vmid, plat, &mut memcache) {
+            Ok(stage2) => {
+                let guest = Guest {
+                    handle,
+                    stage2,
+                    memcache,
+                };
+                vms.insert(handle, VmTable::new_vm(guest));
+                Ok(handle)
+            }
+            Err(e) => {
+                // Cannot happen: the configuration was validated and the memcache holds a page.
+                committed(Err(e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Donate more host pages to a VM's memcache, for its stage-2 tables.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Busy`] dying VM; [`Error::Range`]; [`Error::Perm`] unless
+    /// host `Owned`; [`Error::NoMem`] if the memcache has no room or the host allocator is short.
+    pub fn topup_memcache(
+        &self,
+        plat: &mut impl Platform,
+        handle: VmHandle,
+        pages: PageRange<PhysAddr>,
+    ) -> Result<()> {
+        let (vms, mut host, mut hyp) = self.lock_all();
+        let vm = vms.get(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        let first = host.ram_index(pages)?;
+        let mut guest = vm.guest.lock();
+        host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
+        check_capacity(guest.memcache.room(), pages.pages() as usize)?;
+        host.check_tables(host.tables_needed(&*plat, pages))?;
+
+        donate_to_hyp(&mut host, &mut hyp, plat, pages, first);
+        scrub(plat, pages);
+        pages.iter().for_each(|pa| guest.memcache.push(pa));
+        Ok(())
+    }
+
+    /// Mark a VM dying: it runs no more, accepts no memory, and its pages can be reclaimed.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Busy`] if already dying.
+    pub fn start_teardown(&self, handle: VmHandle) -> Result<()> {
+        let mut vms = self.vms.lock();
+        let vm = vms.get_mut(handle)?;
+        if vm.dying {
+            return Err(Error::Busy);
+        }
+        vm.dying = true;
+        Ok(())
+    }
+
+    /// Destroy a dying VM whose pages were all reclaimed or unshared: its table pages and the
+    /// rest of its memcache go back to the host, scrubbed, and the handle becomes free.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Busy`] if the VM is not dying or still maps a page;
+    /// [`Error::NoMem`] if the host allocator cannot cover the table pages.
+    pub fn finalize_teardown(&self, plat: &mut impl Platform, handle: VmHandle) -> Result<()> {
+        let (mut vms, mut host, mut hyp) = self.lock_all();
+        let vm = vms.get(handle)?;
+        if !vm.dying {
+            return Err(Error::Busy);
+        }
+        {
+            let guest = vm.guest.lock();
+            let pages = self.guest_cfg.ipa_limit() / PAGE_SIZE;
+            let whole = PageRange::new(Ipa(0), pages).ok_or(Error::Range)?;
+            let mut mapped = false;
+            guest.stage2.walk(&*plat, whole, |_, _, l| {
+                mapped = matches!(l, Lookup::Mapped { .. });
+                if mapped {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if mapped {
+                return Err(Error::Busy);
+            }
+            host.check_tables(guest.memcache.held() * WORST_TABLES_PER_PAGE)?;
+        }
+
+        let Some(vm) = vms.remove(handle) else {
+            return Err(Error::NotFound);
+        };
+        let mut guest = vm.guest.into_inner();
+        guest.stage2.destroy(plat, &mut guest.memcache);
+        let (free, n) = guest.memcache.take_free();
+        for pa in &free[..n] {
+            if let Some(page) = PageRange::new(*pa, 1) {
+                if let Ok(first) = host.ram_index(page) {
+                    return_to_host(&mut host, &mut hyp, plat, page, first);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Commit of a host -> hyp donation (checked by the caller).
+fn donate_to_hyp<A: TableAllocator>(
+    host: &mut super::HostMemory<'_, A>,
+    hyp: &mut super::HypComponent,
+    plat: &mut impl Platform,
+    pages: PageRange<PhysAddr>,
+    first: usize,
+) {
+    host.annotate(plat, pages, super::hyp_annotation());
+    host.update(first, pages.pages(), |m| {
+        m.set_host_state(NoPage);
+        m.set_hyp_state(Owned);
+    });
+    hyp.owned_pages += pages.pages();
+}
+
+/// Commit of a hyp -> host return (checked by the caller): scrub, then map back.
+fn return_to_host<A: TableAllocator>(
+    host: &mut super::HostMemory<'_, A>,
+    hyp: &mut super::HypComponent,
+    plat: &mut impl Platform,
+    pages: PageRange<PhysAddr>,
+    first: usize,
+) {
+    scrub(plat, pages);
+    host.map(plat, pages);
+    host.update(first, pages.pages(), |m| {
+        m.set_host_state(Owned);
+        m.set_hyp_state(NoPage);
+        m.set_hyp_pins(0);
+    });
+    hyp.owned_pages -= pages.pages();
+}
