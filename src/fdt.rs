@@ -104,7 +104,10 @@ fn align4(n: usize) -> Option<usize> {
 /// The NUL-terminated string starting at `off` in `bytes`, without its NUL.
 fn cstr_at(bytes: &[u8], off: usize) -> Result<&[u8], FdtError> {
     let rest = bytes.get(off..).ok_or(FdtError::BadString)?;
-    let len = rest.iter().position(|&b| b == 0).ok_or(FdtError::BadString)?;
+    let len = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(FdtError::BadString)?;
     Ok(&rest[..len])
 }
 
@@ -132,7 +135,11 @@ pub enum FdtToken<'a> {
 #[derive(Clone, Copy)]
 enum RawToken<'a> {
     Begin(&'a str),
-    Prop { name: &'a str, name_off: u32, value: &'a [u8] },
+    Prop {
+        name: &'a str,
+        name_off: u32,
+        value: &'a [u8],
+    },
     End,
     Finish,
 }
@@ -174,7 +181,11 @@ impl<'a> Cursor<'a> {
                     }
                     let name = utf8(cstr_at(self.strings, name_off as usize)?)?;
                     self.off = end;
-                    return Ok(RawToken::Prop { name, name_off, value });
+                    return Ok(RawToken::Prop {
+                        name,
+                        name_off,
+                        value,
+                    });
                 }
                 FDT_END_NODE => {
                     self.off = body;
@@ -213,7 +224,9 @@ pub struct Fdt<'a> {
 
 impl core::fmt::Debug for Fdt<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Fdt").field("total_size", &self.blob.len()).finish_non_exhaustive()
+        f.debug_struct("Fdt")
+            .field("total_size", &self.blob.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -232,7 +245,8 @@ impl<'a> Fdt<'a> {
             return Err(FdtError::BadMagic);
         }
         let total = word(1)? as usize;
-        let (off_struct, off_strings, off_rsv) = (word(2)? as usize, word(3)? as usize, word(4)? as usize);
+        let (off_struct, off_strings, off_rsv) =
+            (word(2)? as usize, word(3)? as usize, word(4)? as usize);
         let (version, last_comp, boot_cpuid_phys) = (word(5)?, word(6)?, word(7)?);
         let (size_strings, size_struct) = (word(8)? as usize, word(9)? as usize);
         if version < FDT_VERSION || last_comp > FDT_VERSION {
@@ -324,7 +338,9 @@ impl<'a> Fdt<'a> {
                     depth += 1;
                     had_child = false;
                 }
-                RawToken::Prop { .. } if depth == 0 || had_child => return Err(FdtError::BadStructure),
+                RawToken::Prop { .. } if depth == 0 || had_child => {
+                    return Err(FdtError::BadStructure)
+                }
                 RawToken::Prop { .. } => {}
                 RawToken::End if depth == 0 => return Err(FdtError::BadStructure),
                 RawToken::End => {
@@ -338,7 +354,11 @@ impl<'a> Fdt<'a> {
     }
 
     fn cursor(&self) -> Cursor<'a> {
-        Cursor { structs: self.structs, strings: self.strings, off: 0 }
+        Cursor {
+            structs: self.structs,
+            strings: self.strings,
+            off: 0,
+        }
     }
 
     /// The blob's `totalsize`: how many bytes a copy must take.
@@ -358,12 +378,20 @@ impl<'a> Fdt<'a> {
 
     /// Every structure token in document order, NOPs skipped.
     pub fn tokens(&self) -> Tokens<'a> {
-        Tokens { cursor: self.cursor(), done: false }
+        Tokens {
+            cursor: self.cursor(),
+            done: false,
+        }
     }
 
     /// Every node in document order, each with the cells its parent declares for its `reg`.
     pub fn nodes(&self) -> Nodes<'a> {
-        Nodes { cursor: self.cursor(), depth: 0, cells: [(2, 1); MAX_DEPTH + 1], done: false }
+        Nodes {
+            cursor: self.cursor(),
+            depth: 0,
+            cells: [(2, 1); MAX_DEPTH + 1],
+            done: false,
+        }
     }
 
     /// The node at `path` (`/`, `/chosen`, `/cpus/cpu@0`). A component without `@` also matches a
@@ -377,7 +405,9 @@ impl<'a> Fdt<'a> {
                 matched = 1;
             } else if node.depth <= matched {
                 return None; // left the subtree of the last match without finding the next component
-            } else if node.depth == matched + 1 && want.is_some_and(|w| node_name_matches(node.name, w)) {
+            } else if node.depth == matched + 1
+                && want.is_some_and(|w| node_name_matches(node.name, w))
+            {
                 matched += 1;
                 want = components.next();
             } else {
@@ -398,12 +428,18 @@ impl<'a> Fdt<'a> {
     /// `(base, size)` of every `reg` entry of every memory node (`/memory`, `/memory@*`, or a root
     /// child with `device_type = "memory"`).
     pub fn memory(&self) -> MemoryRegions<'a> {
-        MemoryRegions { nodes: self.nodes(), reg: None }
+        MemoryRegions {
+            nodes: self.nodes(),
+            reg: None,
+        }
     }
 
     /// The `/memreserve/` entries of the memory reservation block as `(address, size)`.
     pub fn mem_reservations(&self) -> MemReservations<'a> {
-        MemReservations { blob: self.blob, off: self.mem_rsvmap }
+        MemReservations {
+            blob: self.blob,
+            off: self.mem_rsvmap,
+        }
     }
 
     /// Every reserved region: first the `/memreserve/` entries (named `"/memreserve/"`, `no_map`
@@ -438,10 +474,16 @@ impl<'a> Fdt<'a> {
     /// UART sits directly under the root, where that is the physical address.
     pub fn stdout_uart(&self) -> Option<u64> {
         let chosen = self.find_node("/chosen")?;
-        let value = chosen.property("stdout-path").or_else(|| chosen.property("linux,stdout-path"))?;
+        let value = chosen
+            .property("stdout-path")
+            .or_else(|| chosen.property("linux,stdout-path"))?;
         let spec = prop_str(value)?;
         let path = spec.split(':').next()?;
-        let path = if path.starts_with('/') { path } else { prop_str(self.property("/aliases", path)?)? };
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            prop_str(self.property("/aliases", path)?)?
+        };
         let node = self.find_node(path)?;
         if !node.is_compatible("arm,pl011") {
             return None;
@@ -452,7 +494,10 @@ impl<'a> Fdt<'a> {
     /// First `reg` entry `(base, size)` of the first node (document order) whose `compatible` list
     /// contains `compatible`.
     pub fn compatible_reg(&self, compatible: &str) -> Option<(u64, u64)> {
-        self.nodes().find(|n| n.is_compatible(compatible))?.reg().next()
+        self.nodes()
+            .find(|n| n.is_compatible(compatible))?
+            .reg()
+            .next()
     }
 
     /// Whether any node's `compatible` list contains `compatible`.
@@ -462,7 +507,10 @@ impl<'a> Fdt<'a> {
 
     /// The `reg` (MPIDR affinity bits) of each `/cpus/cpu@*` node, in document order.
     pub fn cpus(&self) -> Cpus<'a> {
-        Cpus { nodes: self.nodes(), in_cpus: false }
+        Cpus {
+            nodes: self.nodes(),
+            in_cpus: false,
+        }
     }
 }
 
@@ -558,8 +606,10 @@ impl<'a> Node<'a> {
 
     /// Whether this node's `compatible` string list contains `compatible`.
     pub fn is_compatible(&self, compatible: &str) -> bool {
-        self.property("compatible")
-            .is_some_and(|list| list.split(|&b| b == 0).any(|entry| entry == compatible.as_bytes()))
+        self.property("compatible").is_some_and(|list| {
+            list.split(|&b| b == 0)
+                .any(|entry| entry == compatible.as_bytes())
+        })
     }
 
     /// `(address, size)` entries of `reg`, decoded with the parent's cells. Empty if `reg` is
@@ -570,7 +620,11 @@ impl<'a> Node<'a> {
 
     /// `#address-cells`/`#size-cells` this node declares for its children (defaults 2 and 1).
     pub fn child_cells(&self) -> (u32, u32) {
-        let cells = |name, default| self.property(name).and_then(|v| be32(v, 0)).unwrap_or(default);
+        let cells = |name, default| {
+            self.property(name)
+                .and_then(|v| be32(v, 0))
+                .unwrap_or(default)
+        };
         (cells("#address-cells", 2), cells("#size-cells", 1))
     }
 }
@@ -594,7 +648,12 @@ impl<'a> Iterator for Nodes<'a> {
                 Ok(RawToken::Begin(name)) if self.depth < MAX_DEPTH => {
                     let reg_cells = self.cells[self.depth];
                     self.depth += 1;
-                    let node = Node { name, depth: self.depth, props: self.cursor, reg_cells };
+                    let node = Node {
+                        name,
+                        depth: self.depth,
+                        props: self.cursor,
+                        reg_cells,
+                    };
                     self.cells[self.depth] = node.child_cells();
                     return Some(node);
                 }
@@ -627,7 +686,9 @@ impl<'a> RegEntries<'a> {
     }
 
     fn cells(data: &[u8], n: usize) -> u64 {
-        (0..n).fold(0, |acc, i| (acc << 32) | u64::from(be32(data, i * 4).unwrap_or(0)))
+        (0..n).fold(0, |acc, i| {
+            (acc << 32) | u64::from(be32(data, i * 4).unwrap_or(0))
+        })
     }
 }
 
@@ -678,7 +739,10 @@ pub struct MemReservations<'a> {
 impl Iterator for MemReservations<'_> {
     type Item = (u64, u64);
     fn next(&mut self) -> Option<(u64, u64)> {
-        let entry = (be64(self.blob, self.off)?, be64(self.blob, self.off.checked_add(8)?)?);
+        let entry = (
+            be64(self.blob, self.off)?,
+            be64(self.blob, self.off.checked_add(8)?)?,
+        );
         if entry == (0, 0) {
             return None;
         }
@@ -713,12 +777,22 @@ impl<'a> Iterator for ReservedRegions<'a> {
     type Item = ReservedRegion<'a>;
     fn next(&mut self) -> Option<ReservedRegion<'a>> {
         if let Some((base, size)) = self.memreserve.next() {
-            return Some(ReservedRegion { name: "/memreserve/", base, size, no_map: false });
+            return Some(ReservedRegion {
+                name: "/memreserve/",
+                base,
+                size,
+                no_map: false,
+            });
         }
         loop {
             if let Some((name, reg, no_map)) = self.current.as_mut() {
                 if let Some((base, size)) = reg.next() {
-                    return Some(ReservedRegion { name, base, size, no_map: *no_map });
+                    return Some(ReservedRegion {
+                        name,
+                        base,
+                        size,
+                        no_map: *no_map,
+                    });
                 }
             }
             let node = self.nodes.next()?;

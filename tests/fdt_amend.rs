@@ -42,17 +42,34 @@ fn amended_virt_reserves_hyp_hides_smmu_replaces_bootargs_and_keeps_everything_e
 
     // What the host must see.
     assert_eq!(new.bootargs(), Some("console=ttyAMA0 quiet"));
-    let hyp = ReservedRegion { name: "hyp@40200000", base: 0x4020_0000, size: 0x200_0000, no_map: true };
+    let hyp = ReservedRegion {
+        name: "hyp@40200000",
+        base: 0x4020_0000,
+        size: 0x200_0000,
+        no_map: true,
+    };
     assert_eq!(new.reserved_memory().collect::<Vec<_>>(), [hyp]);
-    assert_eq!(new.property("/reserved-memory", "#address-cells"), Some(&[0, 0, 0, 2][..]));
-    assert_eq!(new.property("/reserved-memory", "#size-cells"), Some(&[0, 0, 0, 2][..]));
+    assert_eq!(
+        new.property("/reserved-memory", "#address-cells"),
+        Some(&[0, 0, 0, 2][..])
+    );
+    assert_eq!(
+        new.property("/reserved-memory", "#size-cells"),
+        Some(&[0, 0, 0, 2][..])
+    );
     assert_eq!(new.property("/reserved-memory", "ranges"), Some(&[][..]));
-    assert_eq!(new.property("/reserved-memory/hyp@40200000", "no-map"), Some(&[][..]));
+    assert_eq!(
+        new.property("/reserved-memory/hyp@40200000", "no-map"),
+        Some(&[][..])
+    );
     // What it must not.
     assert!(!new.has_compatible("arm,smmu-v3"));
     assert_eq!(new.find_node("/smmuv3@9050000").map(|n| n.name()), None);
     assert_eq!(new.property("/pcie@10000000", "iommu-map"), None);
-    assert!(new.property("/pcie@10000000", "msi-map").is_some(), "only the named properties go");
+    assert!(
+        new.property("/pcie@10000000", "msi-map").is_some(),
+        "only the named properties go"
+    );
     // Everything else unchanged, in order: the source walk minus the removals equals the amended
     // walk minus the additions.
     let expected: Vec<Entry> = walk(&src)
@@ -61,10 +78,20 @@ fn amended_virt_reserves_hyp_hides_smmu_replaces_bootargs_and_keeps_everything_e
         .filter(|e| !matches!(e, Entry::Prop(_, n, _) if n == "iommu-map" || n == "iommu-map-mask"))
         .filter(|e| !is_bootargs(e))
         .collect();
-    let kept: Vec<Entry> = walk(&new).into_iter().filter(|e| !is_hyp_addition(e) && !is_bootargs(e)).collect();
+    let kept: Vec<Entry> = walk(&new)
+        .into_iter()
+        .filter(|e| !is_hyp_addition(e) && !is_bootargs(e))
+        .collect();
     assert_eq!(kept, expected);
-    assert_eq!(walk(&src).len() - expected.len(), 1 + 7 + 1 + 1, "smmu node + its 7 properties + iommu-map + bootargs");
-    assert_eq!(new.memory().collect::<Vec<_>>(), [(0x4000_0000, 0x4000_0000)]);
+    assert_eq!(
+        walk(&src).len() - expected.len(),
+        1 + 7 + 1 + 1,
+        "smmu node + its 7 properties + iommu-map + bootargs"
+    );
+    assert_eq!(
+        new.memory().collect::<Vec<_>>(),
+        [(0x4000_0000, 0x4000_0000)]
+    );
     assert_eq!(new.initrd(), Some((0x4800_0000, 0x4800_2000)));
     assert_eq!(new.cpus().count(), 4);
 }
@@ -84,10 +111,21 @@ fn amended_header_is_version_17_with_exact_sizes() {
     let off_struct = header_word(blob, OFF_STRUCT) as usize;
     let off_strings = header_word(blob, OFF_STRINGS) as usize;
     assert_eq!(header_word(blob, OFF_RSVMAP), 40);
-    assert_eq!(off_struct, 40 + 16, "empty reservation map: just the terminator");
-    assert_eq!(off_struct + header_word(blob, SIZE_STRUCT) as usize, off_strings, "blocks are packed");
+    assert_eq!(
+        off_struct,
+        40 + 16,
+        "empty reservation map: just the terminator"
+    );
+    assert_eq!(
+        off_struct + header_word(blob, SIZE_STRUCT) as usize,
+        off_strings,
+        "blocks are packed"
+    );
     let strings_end = off_strings + header_word(blob, SIZE_STRINGS) as usize;
-    assert!(n - strings_end < 8 && blob[strings_end..].iter().all(|&b| b == 0), "padding is zeroed");
+    assert!(
+        n - strings_end < 8 && blob[strings_end..].iter().all(|&b| b == 0),
+        "padding is zeroed"
+    );
     // Source lacked "bootargs" and "no-map" names: they were appended.
     assert!(header_word(blob, SIZE_STRINGS) > header_word(VIRT, SIZE_STRINGS));
 }
@@ -96,26 +134,53 @@ fn amended_header_is_version_17_with_exact_sizes() {
 fn bootargs_and_chosen_are_added_when_absent() {
     // virt.dtb has /chosen without bootargs.
     let src = Fdt::new(VIRT).unwrap();
-    let edits = Amendments { bootargs: Some("quiet"), ..Default::default() };
+    let edits = Amendments {
+        bootargs: Some("quiet"),
+        ..Default::default()
+    };
     let blob = amend_vec(&src, &edits).unwrap();
     let new = Fdt::new(&blob).unwrap();
     assert_eq!(new.bootargs(), Some("quiet"));
-    assert_eq!(new.stdout_uart(), Some(0x0900_0000), "the rest of /chosen is kept");
+    assert_eq!(
+        new.stdout_uart(),
+        Some(0x0900_0000),
+        "the rest of /chosen is kept"
+    );
     // A tree without /chosen gets one.
     let blob = small_tree().blob();
     let src = Fdt::new(&blob).unwrap();
     let out = amend_vec(&src, &edits).unwrap();
     let new = Fdt::new(&out).unwrap();
     assert_eq!(new.bootargs(), Some("quiet"));
-    assert_eq!(walk(&new).into_iter().filter(|e| !e.path().starts_with("/chosen")).collect::<Vec<_>>(), walk(&src));
+    assert_eq!(
+        walk(&new)
+            .into_iter()
+            .filter(|e| !e.path().starts_with("/chosen"))
+            .collect::<Vec<_>>(),
+        walk(&src)
+    );
 }
 
 #[test]
 fn bootargs_are_inserted_before_the_first_subnode_of_chosen() {
     let mut b = Builder::default();
-    b.begin("").begin("chosen").prop_str("stdout-path", "/uart").begin("sub").end().end().end().finish_token();
+    b.begin("")
+        .begin("chosen")
+        .prop_str("stdout-path", "/uart")
+        .begin("sub")
+        .end()
+        .end()
+        .end()
+        .finish_token();
     let blob = b.blob();
-    let out = amend_vec(&Fdt::new(&blob).unwrap(), &Amendments { bootargs: Some("x"), ..Default::default() }).unwrap();
+    let out = amend_vec(
+        &Fdt::new(&blob).unwrap(),
+        &Amendments {
+            bootargs: Some("x"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let new = Fdt::new(&out).expect("properties still precede subnodes");
     assert_eq!(new.bootargs(), Some("x"));
     assert!(new.find_node("/chosen/sub").is_some());
@@ -145,8 +210,14 @@ fn memreserve_entries_are_preserved() {
     let src = Fdt::new(&blob).unwrap();
     let out = amend_vec(&src, &host_edits(None)).unwrap();
     let new = Fdt::new(&out).unwrap();
-    assert_eq!(new.mem_reservations().collect::<Vec<_>>(), [(0x8000_0000, 0x1000), (0x9000_0000, 0x2000)]);
-    let regions: Vec<_> = new.reserved_memory().map(|r| (r.name, r.base, r.size, r.no_map)).collect();
+    assert_eq!(
+        new.mem_reservations().collect::<Vec<_>>(),
+        [(0x8000_0000, 0x1000), (0x9000_0000, 0x2000)]
+    );
+    let regions: Vec<_> = new
+        .reserved_memory()
+        .map(|r| (r.name, r.base, r.size, r.no_map))
+        .collect();
     assert_eq!(
         regions,
         [
@@ -162,10 +233,23 @@ fn regions_join_an_existing_reserved_memory_node() {
     let src = Fdt::new(VIRT).unwrap();
     let first = amend_vec(&src, &host_edits(None)).unwrap();
     let first = Fdt::new(&first).unwrap();
-    let more = [("canary", 0x4100_0000, 0x1000), ("log", 0x1_0000_0000, 0x10_0000)];
-    let out = amend_vec(&first, &Amendments { reserve_no_map: &more, ..Default::default() }).unwrap();
+    let more = [
+        ("canary", 0x4100_0000, 0x1000),
+        ("log", 0x1_0000_0000, 0x10_0000),
+    ];
+    let out = amend_vec(
+        &first,
+        &Amendments {
+            reserve_no_map: &more,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let new = Fdt::new(&out).unwrap();
-    let names: Vec<_> = new.reserved_memory().map(|r| (r.name, r.base, r.size, r.no_map)).collect();
+    let names: Vec<_> = new
+        .reserved_memory()
+        .map(|r| (r.name, r.base, r.size, r.no_map))
+        .collect();
     assert_eq!(
         names,
         [
@@ -174,24 +258,39 @@ fn regions_join_an_existing_reserved_memory_node() {
             ("log@100000000", 0x1_0000_0000, 0x10_0000, true)
         ]
     );
-    let resmem_nodes = walk(&new).iter().filter(|e| **e == Entry::Node("/reserved-memory".into())).count();
+    let resmem_nodes = walk(&new)
+        .iter()
+        .filter(|e| **e == Entry::Node("/reserved-memory".into()))
+        .count();
     assert_eq!(resmem_nodes, 1);
 }
 
 #[test]
 fn regions_use_the_cells_of_an_existing_reserved_memory_node() {
     let mut b = Builder::default();
-    b.begin("").prop_u32("#address-cells", 1).prop_u32("#size-cells", 1);
-    b.begin("reserved-memory").prop_u32("#address-cells", 1).prop_u32("#size-cells", 1).prop("ranges", &[]).end();
+    b.begin("")
+        .prop_u32("#address-cells", 1)
+        .prop_u32("#size-cells", 1);
+    b.begin("reserved-memory")
+        .prop_u32("#address-cells", 1)
+        .prop_u32("#size-cells", 1)
+        .prop("ranges", &[])
+        .end();
     b.end().finish_token();
     let blob = b.blob();
     let src = Fdt::new(&blob).unwrap();
     let out = amend_vec(&src, &host_edits(None)).unwrap();
     let new = Fdt::new(&out).unwrap();
-    assert_eq!(new.property("/reserved-memory/hyp@40200000", "reg"), Some(&[0x40, 0x20, 0, 0, 0x02, 0, 0, 0][..]));
+    assert_eq!(
+        new.property("/reserved-memory/hyp@40200000", "reg"),
+        Some(&[0x40, 0x20, 0, 0, 0x02, 0, 0, 0][..])
+    );
     // A region above 4 GiB cannot be written in one cell.
     let high = [("hi", 0x1_0000_0000, 0x1000)];
-    let edits = Amendments { reserve_no_map: &high, ..Default::default() };
+    let edits = Amendments {
+        reserve_no_map: &high,
+        ..Default::default()
+    };
     assert_eq!(amend_vec(&src, &edits), Err(FdtError::BadEdit));
 }
 
@@ -207,13 +306,30 @@ fn invalid_edits_are_refused() {
         &[("wraps", u64::MAX, 2)],
     ];
     for regions in bad_regions {
-        let edits = Amendments { reserve_no_map: regions, ..Default::default() };
-        assert_eq!(amend_vec(&src, &edits), Err(FdtError::BadEdit), "{regions:?}");
+        let edits = Amendments {
+            reserve_no_map: regions,
+            ..Default::default()
+        };
+        assert_eq!(
+            amend_vec(&src, &edits),
+            Err(FdtError::BadEdit),
+            "{regions:?}"
+        );
     }
-    let edits = Amendments { bootargs: Some("a\0b"), ..Default::default() };
+    let edits = Amendments {
+        bootargs: Some("a\0b"),
+        ..Default::default()
+    };
     assert_eq!(amend_vec(&src, &edits), Err(FdtError::BadEdit));
-    let edits = Amendments { remove_compatible: &["linux,dummy-virt"], ..Default::default() };
-    assert_eq!(amend_vec(&src, &edits), Err(FdtError::BadEdit), "the root cannot be removed");
+    let edits = Amendments {
+        remove_compatible: &["linux,dummy-virt"],
+        ..Default::default()
+    };
+    assert_eq!(
+        amend_vec(&src, &edits),
+        Err(FdtError::BadEdit),
+        "the root cannot be removed"
+    );
     // A second region with an existing node name would make two nodes with one name.
     let once = amend_vec(&src, &host_edits(None)).unwrap();
     let once = Fdt::new(&once).unwrap();
@@ -227,7 +343,11 @@ fn out_too_small_is_no_space_at_every_length() {
     let needed = amend_vec(&src, &edits).unwrap().len();
     let mut out = vec![0u8; needed];
     for len in 0..needed {
-        assert_eq!(amend(&src, &mut out[..len], &edits), Err(FdtError::NoSpace), "len {len}");
+        assert_eq!(
+            amend(&src, &mut out[..len], &edits),
+            Err(FdtError::NoSpace),
+            "len {len}"
+        );
     }
     assert_eq!(amend(&src, &mut out, &edits), Ok(needed));
     assert!(Fdt::new(&out).is_ok());
@@ -236,11 +356,17 @@ fn out_too_small_is_no_space_at_every_length() {
 #[test]
 fn removing_a_node_removes_its_whole_subtree() {
     let src = Fdt::new(VIRT).unwrap();
-    let edits = Amendments { remove_compatible: &["arm,gic-v3"], ..Default::default() };
+    let edits = Amendments {
+        remove_compatible: &["arm,gic-v3"],
+        ..Default::default()
+    };
     let out = amend_vec(&src, &edits).unwrap();
     let new = Fdt::new(&out).unwrap();
     assert!(!new.has_compatible("arm,gic-v3"));
-    assert!(!new.has_compatible("arm,gic-v3-its"), "the ITS child went with its parent");
+    assert!(
+        !new.has_compatible("arm,gic-v3-its"),
+        "the ITS child went with its parent"
+    );
     assert!(new.has_compatible("arm,pl011"), "the next sibling is kept");
     assert_eq!(walk(&new).len(), walk(&src).len() - 1 - 10 - 1 - 5);
 }

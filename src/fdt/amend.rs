@@ -7,8 +7,8 @@
 //! are always emitted before subnodes, as the Devicetree Specification requires.
 
 use super::{
-    be32, Cursor, Fdt, FdtError, RawToken, FDT_BEGIN_NODE, FDT_END, FDT_END_NODE, FDT_LAST_COMP_VERSION, FDT_MAGIC,
-    FDT_PROP, FDT_VERSION, HEADER_SIZE, MAX_DEPTH,
+    be32, Cursor, Fdt, FdtError, RawToken, FDT_BEGIN_NODE, FDT_END, FDT_END_NODE,
+    FDT_LAST_COMP_VERSION, FDT_MAGIC, FDT_PROP, FDT_VERSION, HEADER_SIZE, MAX_DEPTH,
 };
 
 /// The edits [`amend`] applies.
@@ -51,8 +51,17 @@ pub fn amend(src: &Fdt, out: &mut [u8], edits: &Amendments) -> Result<usize, Fdt
     w.u64(0)?;
     w.u64(0)?;
     let off_struct = w.pos;
-    let mut strings = Strings { src: src.strings, added: [""; NEW_NAMES], count: 0 };
-    Emitter { w: &mut w, strings: &mut strings, edits }.structure(src.cursor())?;
+    let mut strings = Strings {
+        src: src.strings,
+        added: [""; NEW_NAMES],
+        count: 0,
+    };
+    Emitter {
+        w: &mut w,
+        strings: &mut strings,
+        edits,
+    }
+    .structure(src.cursor())?;
     let size_struct = w.pos - off_struct;
     let off_strings = w.pos;
     w.put(src.strings)?;
@@ -115,7 +124,10 @@ struct Writer<'o> {
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), FdtError> {
         let end = self.pos.checked_add(bytes.len()).ok_or(FdtError::NoSpace)?;
-        self.buf.get_mut(self.pos..end).ok_or(FdtError::NoSpace)?.copy_from_slice(bytes);
+        self.buf
+            .get_mut(self.pos..end)
+            .ok_or(FdtError::NoSpace)?
+            .copy_from_slice(bytes);
         self.pos = end;
         Ok(())
     }
@@ -254,15 +266,28 @@ impl Emitter<'_, '_, '_, '_> {
                         in_chosen = true;
                     }
                     if depth == 2 && name == "reserved-memory" {
-                        let cell = |n, default| cursor.find_prop(n).and_then(|v| be32(v, 0)).unwrap_or(default);
+                        let cell = |n, default| {
+                            cursor
+                                .find_prop(n)
+                                .and_then(|v| be32(v, 0))
+                                .unwrap_or(default)
+                        };
                         reserved_memory = Some((cell("#address-cells", 2), cell("#size-cells", 1)));
                     }
                 }
-                RawToken::Prop { name, name_off, value } => {
+                RawToken::Prop {
+                    name,
+                    name_off,
+                    value,
+                } => {
                     if skipping_from.is_some() {
                         continue;
                     }
-                    if depth == 2 && in_chosen && name == "bootargs" && self.edits.bootargs.is_some() {
+                    if depth == 2
+                        && in_chosen
+                        && name == "bootargs"
+                        && self.edits.bootargs.is_some()
+                    {
                         self.bootargs()?;
                         bootargs_pending = false;
                         continue;
@@ -323,14 +348,24 @@ impl Emitter<'_, '_, '_, '_> {
 
     /// Whether the node whose properties start at `props` matches `remove_compatible`.
     fn removed(&self, props: Cursor) -> bool {
-        let Some(list) = props.find_prop("compatible") else { return false };
-        list.split(|&b| b == 0)
-            .any(|entry| !entry.is_empty() && self.edits.remove_compatible.iter().any(|c| c.as_bytes() == entry))
+        let Some(list) = props.find_prop("compatible") else {
+            return false;
+        };
+        list.split(|&b| b == 0).any(|entry| {
+            !entry.is_empty()
+                && self
+                    .edits
+                    .remove_compatible
+                    .iter()
+                    .any(|c| c.as_bytes() == entry)
+        })
     }
 
     /// Whether an existing `/reserved-memory` child is named like one of the new regions.
     fn collides(&self, child: &str) -> bool {
-        let Some((name, unit)) = child.split_once('@') else { return false };
+        let Some((name, unit)) = child.split_once('@') else {
+            return false;
+        };
         self.edits.reserve_no_map.iter().any(|&(region, base, _)| {
             let mut buf = [0; 16];
             region == name && hex_digits(base, &mut buf) == unit.as_bytes()
@@ -349,7 +384,8 @@ impl Emitter<'_, '_, '_, '_> {
         let no_map = self.strings.offset("no-map")?;
         for &(name, base, size) in self.edits.reserve_no_map {
             let mut buf = [0; 16];
-            self.w.begin_node(&[name.as_bytes(), b"@", hex_digits(base, &mut buf)])?;
+            self.w
+                .begin_node(&[name.as_bytes(), b"@", hex_digits(base, &mut buf)])?;
             if address_cells > 2 || size_cells > 2 {
                 return Err(FdtError::BadEdit);
             }
@@ -366,7 +402,10 @@ impl Emitter<'_, '_, '_, '_> {
     }
 
     /// A new `/reserved-memory` with the root's cells, empty `ranges`, and the regions.
-    fn reserved_memory_node(&mut self, (address_cells, size_cells): (u32, u32)) -> Result<(), FdtError> {
+    fn reserved_memory_node(
+        &mut self,
+        (address_cells, size_cells): (u32, u32),
+    ) -> Result<(), FdtError> {
         self.w.begin_node(&[b"reserved-memory"])?;
         let off = self.strings.offset("#address-cells")?;
         self.w.prop(off, &[&address_cells.to_be_bytes()])?;

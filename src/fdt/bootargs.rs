@@ -39,13 +39,19 @@ fn words(line: &str) -> impl Iterator<Item = &str> {
 ///
 /// # Errors
 /// [`FdtError::NoSpace`] if `out` is too small.
-pub fn strip_words<'o>(bootargs: &str, prefix: &str, out: &'o mut [u8]) -> Result<&'o str, FdtError> {
+pub fn strip_words<'o>(
+    bootargs: &str,
+    prefix: &str,
+    out: &'o mut [u8],
+) -> Result<&'o str, FdtError> {
     let mut len = 0usize;
     for word in words(bootargs).filter(|w| !w.starts_with(prefix)) {
         let sep: &[u8] = if len == 0 { b"" } else { b" " };
         for part in [sep, word.as_bytes()] {
             let end = len.checked_add(part.len()).ok_or(FdtError::NoSpace)?;
-            out.get_mut(len..end).ok_or(FdtError::NoSpace)?.copy_from_slice(part);
+            out.get_mut(len..end)
+                .ok_or(FdtError::NoSpace)?
+                .copy_from_slice(part);
             len = end;
         }
     }
@@ -64,7 +70,12 @@ pub fn bootarg_value<'b>(bootargs: &'b str, key: &str) -> Option<&'b str> {
                 return Some("");
             }
             let value = rest.strip_prefix('=')?;
-            Some(value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value))
+            Some(
+                value
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(value),
+            )
         })
         .last()
 }
@@ -72,7 +83,10 @@ pub fn bootarg_value<'b>(bootargs: &'b str, key: &str) -> Option<&'b str> {
 /// Parses a hexadecimal `u64` written with or without `0x` (`44000000`, `0x44000000`). `None` if
 /// empty, not hex, or wider than 64 bits.
 pub fn parse_hex(text: &str) -> Option<u64> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -94,15 +108,24 @@ mod tests {
     #[test]
     fn strip_words_of_only_prefixed_words_is_empty() {
         let mut buf = [0u8; 4];
-        assert_eq!(strip_words("verso.a verso.b", "verso.", &mut buf).unwrap(), "");
+        assert_eq!(
+            strip_words("verso.a verso.b", "verso.", &mut buf).unwrap(),
+            ""
+        );
     }
 
     #[test]
     fn strip_words_into_too_small_buffer_is_no_space() {
         let mut buf = [0u8; 10];
-        assert_eq!(strip_words("console=ttyAMA0", "verso.", &mut buf), Err(FdtError::NoSpace));
+        assert_eq!(
+            strip_words("console=ttyAMA0", "verso.", &mut buf),
+            Err(FdtError::NoSpace)
+        );
         let mut exact = [0u8; 15];
-        assert_eq!(strip_words("console=ttyAMA0", "verso.", &mut exact), Ok("console=ttyAMA0"));
+        assert_eq!(
+            strip_words("console=ttyAMA0", "verso.", &mut exact),
+            Ok("console=ttyAMA0")
+        );
     }
 
     #[test]
@@ -122,7 +145,16 @@ mod tests {
         assert_eq!(parse_hex("44000000"), Some(0x4400_0000));
         assert_eq!(parse_hex("0x44000000"), Some(0x4400_0000));
         assert_eq!(parse_hex("0XfFfFfFfFfFfFfFfF"), Some(u64::MAX));
-        for bad in ["", "0x", "+1", "-1", "0x1g", "1_000", "10000000000000000", " 1"] {
+        for bad in [
+            "",
+            "0x",
+            "+1",
+            "-1",
+            "0x1g",
+            "1_000",
+            "10000000000000000",
+            " 1",
+        ] {
             assert_eq!(parse_hex(bad), None, "{bad:?}");
         }
     }

@@ -39,9 +39,11 @@ pub fn walk(fdt: &Fdt) -> Vec<Entry> {
                 out.push(Entry::Node(path.clone()));
                 stack.push(path);
             }
-            FdtToken::Property { name, value } => {
-                out.push(Entry::Prop(stack.last().unwrap().clone(), name.to_string(), value.to_vec()))
-            }
+            FdtToken::Property { name, value } => out.push(Entry::Prop(
+                stack.last().unwrap().clone(),
+                name.to_string(),
+                value.to_vec(),
+            )),
             FdtToken::EndNode => {
                 stack.pop();
             }
@@ -84,7 +86,7 @@ impl Builder {
         self
     }
     fn pad(&mut self) {
-        while self.structs.len() % 4 != 0 {
+        while !self.structs.len().is_multiple_of(4) {
             self.structs.push(0);
         }
     }
@@ -158,10 +160,18 @@ impl Builder {
 /// A small valid tree: root (2/2 cells) with /memory@80000000 and /uart@1000.
 pub fn small_tree() -> Builder {
     let mut b = Builder::default();
-    b.begin("").prop_u32("#address-cells", 2).prop_u32("#size-cells", 2);
+    b.begin("")
+        .prop_u32("#address-cells", 2)
+        .prop_u32("#size-cells", 2);
     b.begin("memory@80000000").prop_str("device_type", "memory");
-    b.prop("reg", &[0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0]).end();
-    b.begin("uart@1000").prop_str("compatible", "arm,pl011").end();
+    b.prop(
+        "reg",
+        &[0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
+    )
+    .end();
+    b.begin("uart@1000")
+        .prop_str("compatible", "arm,pl011")
+        .end();
     b.end().finish_token();
     b
 }
