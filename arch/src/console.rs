@@ -97,7 +97,10 @@ static LOGGER: Logger = Logger;
 /// Installs the logger with the level named by `verso.log=<level>` in `bootargs` (default info).
 pub fn init_logger(bootargs: Option<&str>) {
     let level = bootargs
-        .and_then(|args| args.split_ascii_whitespace().find_map(|w| w.strip_prefix("verso.log=")))
+        .and_then(|args| {
+            args.split_ascii_whitespace()
+                .find_map(|w| w.strip_prefix("verso.log="))
+        })
         .and_then(parse_level)
         .unwrap_or(LevelFilter::Info);
     // Only fails if a logger is already set, which then stays in place.

@@ -248,7 +248,8 @@ fn inject_sync(esr_el1: u64, far: Option<u64>) {
     };
     // EL1h with DAIF masked; keep NZCV, DIT (24) and PAN (22) and set PAN if SCTLR_EL1.SPAN = 0.
     let mut new_spsr = (spsr & (0xf << 28 | 1 << 24 | 1 << 22)) | 0x3c5;
-    if read_sysreg!(sctlr_el1) & (1 << 23) == 0 && (read_sysreg!(id_aa64mmfr1_el1) >> 20) & 0xf != 0 {
+    if read_sysreg!(sctlr_el1) & (1 << 23) == 0 && (read_sysreg!(id_aa64mmfr1_el1) >> 20) & 0xf != 0
+    {
         new_spsr |= 1 << 22;
     }
     // SAFETY: these registers describe only the host's EL1 state and where it resumes.

@@ -1,31 +1,42 @@
-//! Builds the host's identity stage-2 (VMID 0).
+//! Builds the host's identity stage-2 (VMID 0) with the core's ownership code
+//! (`verso::mem::HostMemory`), from the machine the DTB describes:
 //!
-//! TEMPORARY: until `verso::pgtable` lands this uses the arch table builder with stage-2
-//! attributes; the layout computed here (RAM minus the hyp region Normal RWX, everything else
-//! below 2^40 Device RW XN, the SMMU left out) is exactly the `verso::mem::MachineLayout` that
-//! `HostMemory::new` will take over.
+//! - RAM: Normal, RWX, block mappings wherever alignment allows;
+//! - the hyp region (image, stacks, pool): left out, annotated as owned by the hyp;
+//! - the SMMU's registers: left out, annotated as the hyp's (hidden MMIO);
+//! - everything else below 2^40 (GIC, UART, virtio, PCIe windows and ECAM): Device, RW, XN,
+//!   exactly what an EL1 kernel sees on bare QEMU `virt`.
+//!
+//! The geometry (4 KiB granule, 40-bit IPA starting at level 0, one root page, no concatenation)
+//! is one the SMMU can walk too, because host devices will translate through these very tables.
 
-use verso::addr::PAGE_SIZE;
+use spin::Once;
 
-use crate::layout::{for_each_piece, Machine, HOST_IPA_BITS, HYP_BASE, HYP_SIZE};
-use crate::tables::{self, Table, TableSource};
+use verso::addr::{PageRange, PhysAddr, PAGE_SIZE};
+use verso::mem::{HostMemory, MachineLayout, Ownership, PageMeta};
+use verso::pgtable::TableAllocator;
 
-const S2_NORMAL_WB: u64 = 0b1111 << 2;
-const S2_DEVICE_NGNRE: u64 = 0b0001 << 2;
-const S2AP_RW: u64 = 3 << 6;
-const SH_INNER: u64 = 3 << 8;
-const AF: u64 = 1 << 10;
-const XN: u64 = 1 << 54;
-const RAM_LEAF: u64 = S2_NORMAL_WB | S2AP_RW | SH_INNER | AF;
-const MMIO_LEAF: u64 = S2_DEVICE_NGNRE | S2AP_RW | AF | XN;
+use crate::layout::{for_each_piece, Machine, HOST_IPA_BITS, HYP_BASE, HYP_SIZE, MAX_RAM};
+use crate::platform::El2Platform;
 
-struct PoolTables;
+/// Host stage-2 table pages, straight from the hyp's page pool.
+pub struct PoolTables;
 
-impl TableSource for PoolTables {
-    fn table(&mut self) -> Option<*mut Table> {
-        crate::pool::alloc_zeroed(PAGE_SIZE).map(|pa| pa.raw() as *mut Table)
+impl TableAllocator for PoolTables {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        crate::pool::alloc_zeroed(PAGE_SIZE)
+    }
+    fn free_table(&mut self, pa: PhysAddr) {
+        // SAFETY: the engine returns only pages it got from `alloc_table` and no longer uses.
+        unsafe { crate::pool::free(pa, PAGE_SIZE) };
+    }
+    fn available(&self) -> usize {
+        (crate::pool::free_bytes() / PAGE_SIZE) as usize
     }
 }
+
+/// All ownership state of the machine, created once at boot.
+pub static OWNERSHIP: Once<Ownership<'static, PoolTables>> = Once::new();
 
 /// The host stage-2's VTCR_EL2 and VTTBR_EL2.
 pub struct HostStage2 {
@@ -35,39 +46,134 @@ pub struct HostStage2 {
     pub vttbr: u64,
 }
 
-/// Builds the host stage-2 for `machine`, or `None` if the pool ran out.
-pub fn build(machine: &Machine) -> Option<HostStage2> {
-    let root = crate::pool::alloc_zeroed(PAGE_SIZE)?.raw() as *mut Table;
+/// Why the host stage-2 could not be built.
+pub enum BuildError {
+    /// The pool cannot hold the page metadata.
+    NoMetadata,
+    /// The core refused the layout or ran out of table pages.
+    Core(verso::error::Error),
+}
+
+impl core::fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::NoMetadata => write!(f, "page pool too small for the page metadata"),
+            BuildError::Core(e) => write!(f, "core refused the machine layout: {e:?}"),
+        }
+    }
+}
+
+fn page_range(base: u64, end: u64) -> Option<PageRange<PhysAddr>> {
+    let start = base.next_multiple_of(PAGE_SIZE);
+    let end = end & !(PAGE_SIZE - 1);
+    PageRange::new(PhysAddr(start), end.checked_sub(start)? / PAGE_SIZE)
+}
+
+/// Builds the host stage-2 for `machine`.
+pub fn build(machine: &Machine) -> Result<HostStage2, BuildError> {
     let limit = 1u64 << HOST_IPA_BITS;
-    let mut ok = true;
-    let mut map = |start: u64, end: u64, attrs: u64| {
-        // SAFETY: `root` and every table come from the pool and belong to this stage-2 only;
-        // the host is not running yet.
-        ok &= unsafe { tables::identity_map(root, 0, start, end - start, attrs, &mut PoolTables) }.is_ok();
+    let mut ram = [None; MAX_RAM];
+    for (slot, &(base, size)) in ram.iter_mut().zip(machine.ram()) {
+        *slot = page_range(base, base.saturating_add(size).min(limit));
+    }
+    let ram: heapless_vec::Vec<MAX_RAM> = ram.iter().flatten().copied().collect();
+
+    // MMIO: everything below the IPA limit that is neither RAM nor hidden.
+    let hidden_region = machine.smmu.and_then(|(b, s)| page_range(b, b + s));
+    let mut holes = [(0u64, 0u64); MAX_RAM + 1];
+    for (h, r) in holes.iter_mut().zip(ram.as_slice()) {
+        *h = (r.start().raw(), r.bytes());
+    }
+    holes[ram.len()] = hidden_region.map_or((0, 0), |r| (r.start().raw(), r.bytes()));
+    let mut mmio = heapless_vec::Vec::<{ MAX_RAM + 2 }>::default();
+    for_each_piece(0, limit, &holes[..ram.len() + 1], &mut |s, e| {
+        if let Some(r) = page_range(s, e) {
+            mmio.push(r);
+        }
+    });
+    let hyp = [PageRange::new(PhysAddr(HYP_BASE), HYP_SIZE / PAGE_SIZE).expect("constant range")];
+    let hidden: &[PageRange<PhysAddr>] = match &hidden_region {
+        Some(r) => core::slice::from_ref(r),
+        None => &[],
     };
-    let hyp = [(HYP_BASE, HYP_SIZE)];
-    for &(base, size) in machine.ram() {
-        for_each_piece(base, (base + size).min(limit), &hyp, &mut |s, e| map(s, e, RAM_LEAF));
-    }
-    let mut hidden = [(0u64, 0u64); crate::layout::MAX_RAM + 1];
-    hidden[..machine.ram().len()].copy_from_slice(machine.ram());
-    hidden[machine.ram().len()] = machine.smmu.unwrap_or((0, 0));
-    for_each_piece(0, limit, &hidden[..machine.ram().len() + 1], &mut |s, e| map(s, e, MMIO_LEAF));
-    crate::sysreg::dsb_ishst();
-    if !ok {
-        return None;
-    }
-    // VTCR_EL2: T0SZ = 24 (40-bit IPA), SL0 = 0b10 (start at level 0, one root page, no
-    // concatenation: the SMMU walks the same tables), inner-shareable WBWA walks, 4 KiB granule,
-    // PS = the implemented PA size capped at 48 bits (never above PARange), RES1 bit 31.
+    let layout = MachineLayout {
+        ram: ram.as_slice(),
+        hyp: &hyp,
+        mmio: mmio.as_slice(),
+        hidden,
+        ipa_bits: HOST_IPA_BITS,
+    };
+
+    let entries = layout.metadata_entries();
+    let bytes = (entries * core::mem::size_of::<PageMeta>()) as u64;
+    let meta_pa = crate::pool::alloc_zeroed(bytes).ok_or(BuildError::NoMetadata)?;
+    // SAFETY: a fresh pool allocation of `entries` PageMeta (8-byte, page-aligned), never freed:
+    // it lives as long as the hyp.
+    let metadata: &'static mut [PageMeta] =
+        unsafe { core::slice::from_raw_parts_mut(meta_pa.raw() as *mut PageMeta, entries) };
+    let host = HostMemory::new(&layout, &mut El2Platform, PoolTables, metadata)
+        .map_err(BuildError::Core)?;
+    let s2 = host.stage2();
+    // PS: the implemented PA size, capped at 48 bits (PS must never exceed PARange, and a level-0
+    // start needs at least 44 bits).
     let parange = crate::sysreg::read_sysreg!(id_aa64mmfr0_el1) & 0xf;
-    let ps = parange.min(0b101);
-    let vtcr = (64 - u64::from(HOST_IPA_BITS))
-        | (0b10 << 6)
-        | (1 << 8)
-        | (1 << 10)
-        | (3 << 12)
-        | (ps << 16)
-        | (1 << 31);
-    Some(HostStage2 { vtcr, vttbr: root as u64 })
+    let mut vtcr = s2.config().vtcr(parange.min(0b101));
+    // VS (16-bit VMIDs) only where implemented (ID_AA64MMFR1_EL1.VMIDBits = 0b0010).
+    if (crate::sysreg::read_sysreg!(id_aa64mmfr1_el1) >> 4) & 0xf != 0b0010 {
+        vtcr &= !(1 << 19);
+    }
+    let stage2 = HostStage2 {
+        vtcr,
+        vttbr: s2.vttbr(),
+    };
+    let ownership = Ownership::new(host, HOST_IPA_BITS).map_err(BuildError::Core)?;
+    OWNERSHIP.call_once(|| ownership);
+    Ok(stage2)
+}
+
+/// A tiny fixed-capacity vector (the hyp has no heap for `alloc`).
+mod heapless_vec {
+    use verso::addr::{PageRange, PhysAddr};
+
+    /// Up to `N` page ranges.
+    pub struct Vec<const N: usize> {
+        ranges: [PageRange<PhysAddr>; N],
+        len: usize,
+    }
+
+    impl<const N: usize> Default for Vec<N> {
+        fn default() -> Self {
+            let dummy = PageRange::new(PhysAddr(0), 1).expect("constant range");
+            Self {
+                ranges: [dummy; N],
+                len: 0,
+            }
+        }
+    }
+
+    impl<const N: usize> Vec<N> {
+        /// Appends `r`; silently ignored when full (callers size N for the worst case).
+        pub fn push(&mut self, r: PageRange<PhysAddr>) {
+            if self.len < N {
+                self.ranges[self.len] = r;
+                self.len += 1;
+            }
+        }
+        /// Number of ranges.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+        /// The ranges.
+        pub fn as_slice(&self) -> &[PageRange<PhysAddr>] {
+            &self.ranges[..self.len]
+        }
+    }
+
+    impl<const N: usize> FromIterator<PageRange<PhysAddr>> for Vec<N> {
+        fn from_iter<I: IntoIterator<Item = PageRange<PhysAddr>>>(iter: I) -> Self {
+            let mut v = Self::default();
+            iter.into_iter().for_each(|r| v.push(r));
+            v
+        }
+    }
 }

@@ -48,7 +48,15 @@ core::arch::global_asm!(
 extern "C" fn primary_main(_cpu: usize) -> ! {
     // SAFETY: boot CPU, MMU off, .bss zeroed, no other CPU running: the contract of build_early.
     // The DTB area and UART are mapped so that the next steps can read and print.
-    if unsafe { stage1::build_early(HYP_BASE + HYP_SIZE, (DTB_BASE, DTB_MAX), console::UART_FALLBACK) }.is_err() {
+    if unsafe {
+        stage1::build_early(
+            HYP_BASE + HYP_SIZE,
+            (DTB_BASE, DTB_MAX),
+            console::UART_FALLBACK,
+        )
+    }
+    .is_err()
+    {
         console::fatal(format_args!("stage-1 table pool too small"));
     }
     // SAFETY: build_early identity maps the text and this CPU's stack.
@@ -63,11 +71,20 @@ extern "C" fn primary_main(_cpu: usize) -> ! {
     let machine = Machine::discover(&fdt);
     console::set_uart_base(machine.uart);
     console::init_logger(fdt.bootargs());
-    log::info!("Verso EL2 hypervisor, {} CPUs max, hyp at {HYP_BASE:#x}+{HYP_SIZE:#x}", percpu::MAX_CPUS);
+    verso::mem::lock::set_cpu_index_fn(cpu_index);
+    log::info!(
+        "Verso EL2 hypervisor, {} CPUs max, hyp at {HYP_BASE:#x}+{HYP_SIZE:#x}",
+        percpu::MAX_CPUS
+    );
 
     discover_cpus(&fdt);
     map_platform(&machine);
     let l = stage1::image_layout();
+    if l.stacks_end - l.stacks_start != percpu::MAX_CPUS as u64 * percpu::STACK_SLOT {
+        console::fatal(format_args!(
+            "linker.ld stack slots disagree with percpu.rs"
+        ));
+    }
     // SAFETY: from the end of the image to the end of the hyp region nothing is in use; it is
     // mapped RW+XN by build_early.
     unsafe { pool::init(l.end, HYP_BASE + HYP_SIZE) };
@@ -89,11 +106,17 @@ extern "C" fn primary_main(_cpu: usize) -> ! {
     let dtb_size = write_host_dtb(&fdt);
     log::info!("host DTB: {dtb_size} bytes at {DTB_BASE:#x}");
 
-    let Some(s2) = host_stage2::build(&machine) else {
-        console::fatal(format_args!("page pool exhausted (host stage-2)"));
+    let s2 = match host_stage2::build(&machine) {
+        Ok(s2) => s2,
+        Err(e) => console::fatal(format_args!("cannot build the host stage-2: {e:?}")),
     };
     host::set_host_stage2(s2.vtcr, s2.vttbr);
-    log::info!("host stage-2: vtcr={:#x} vttbr={:#x}, pool {} KiB free", s2.vtcr, s2.vttbr, pool::free_bytes() / 1024);
+    log::info!(
+        "host stage-2: vtcr={:#x} vttbr={:#x}, pool {} KiB free",
+        s2.vtcr,
+        s2.vttbr,
+        pool::free_bytes() / 1024
+    );
 
     host::init_el1_world();
     log::info!("entering host at {entry:#x} (EL1h, x0={DTB_BASE:#x})");
@@ -109,7 +132,11 @@ extern "C" fn secondary_main(cpu: usize) -> ! {
     let Some(boot) = psci::take_host_boot(cpu) else {
         console::fatal(format_args!("cpu{cpu} started without a pending CPU_ON"));
     };
-    log::info!("cpu{cpu} (mpidr {:#x}) up, entering host at {:#x}", mpidr_affinity(), boot.entry);
+    log::info!(
+        "cpu{cpu} (mpidr {:#x}) up, entering host at {:#x}",
+        mpidr_affinity(),
+        boot.entry
+    );
     host::enter(boot.context, boot.entry, percpu::stack_top(cpu))
 }
 
@@ -123,7 +150,10 @@ fn discover_cpus(fdt: &Fdt) {
             continue;
         }
         if next >= percpu::MAX_CPUS {
-            log::warn!("cpu mpidr {mpidr:#x} ignored: more than {} CPUs", percpu::MAX_CPUS);
+            log::warn!(
+                "cpu mpidr {mpidr:#x} ignored: more than {} CPUs",
+                percpu::MAX_CPUS
+            );
             continue;
         }
         percpu::set_mpidr(next, mpidr);
@@ -143,7 +173,11 @@ fn map_platform(m: &Machine) {
         // SAFETY: boot CPU, no other running; RAM is mapped RW+XN, never executable.
         ok &= unsafe { stage1::map(base, size, stage1::attrs::DATA) }.is_ok();
     }
-    let devices = [("uart", Some((m.uart, 0x1000))), ("gic", m.gic), ("smmu", m.smmu)];
+    let devices = [
+        ("uart", Some((m.uart, 0x1000))),
+        ("gic", m.gic),
+        ("smmu", m.smmu),
+    ];
     for (name, dev) in devices {
         if let Some((base, size)) = dev {
             log::info!("{name} {base:#x}+{size:#x}");
@@ -155,7 +189,9 @@ fn map_platform(m: &Machine) {
         log::info!("pcie ecam {base:#x}+{size:#x}");
     }
     if !ok {
-        console::fatal(format_args!("stage-1 table pool too small for the platform"));
+        console::fatal(format_args!(
+            "stage-1 table pool too small for the platform"
+        ));
     }
 }
 
@@ -165,25 +201,29 @@ fn check_payload(m: &Machine) -> u64 {
     const MAGIC: u32 = 0x644d_5241;
     let base = m.payload;
     let outside_hyp = |b: u64, s: u64| b.saturating_add(s) <= HYP_BASE || b >= HYP_BASE + HYP_SIZE;
-    if base % 8 != 0 || !m.in_ram(base, HEADER) || !outside_hyp(base, HEADER) {
+    if !base.is_multiple_of(8) || !m.in_ram(base, HEADER) || !outside_hyp(base, HEADER) {
         console::fatal(format_args!("payload address {base:#x} is not in host RAM"));
     }
     // SAFETY: the header lies in RAM outside the hyp region, mapped RW in the hyp's stage-1.
     let word = |off: u64| unsafe { core::ptr::read_volatile((base + off) as *const u64) };
     let magic = word(0x38) as u32;
     if magic != MAGIC {
-        console::fatal(format_args!("no arm64 Image at {base:#x} (magic {magic:#x})"));
+        console::fatal(format_args!(
+            "no arm64 Image at {base:#x} (magic {magic:#x})"
+        ));
     }
     let (mut text_offset, image_size) = (word(0x08), word(0x10));
     if image_size == 0 {
         // Before Linux 3.17 image_size was 0 and text_offset meant 0x80000.
         text_offset = 0x8_0000;
     }
-    if base.wrapping_sub(text_offset) % 0x20_0000 != 0 {
+    if !base.wrapping_sub(text_offset).is_multiple_of(0x20_0000) {
         log::warn!("payload at {base:#x} is not 2 MiB aligned base + text_offset {text_offset:#x}");
     }
     if image_size != 0 && (!m.in_ram(base, image_size) || !outside_hyp(base, image_size)) {
-        console::fatal(format_args!("payload {base:#x}+{image_size:#x} does not fit in host RAM"));
+        console::fatal(format_args!(
+            "payload {base:#x}+{image_size:#x} does not fit in host RAM"
+        ));
     }
     log::info!("payload: arm64 Image at {base:#x}, text_offset {text_offset:#x}, image_size {image_size:#x}");
     base
@@ -198,14 +238,20 @@ fn write_host_dtb(fdt: &Fdt) -> usize {
     };
     // SAFETY: `copy` is a fresh pool buffer of `size` bytes; the source is QEMU's DTB (mapped).
     let src = unsafe {
-        core::ptr::copy_nonoverlapping(fdt.as_bytes().as_ptr(), copy.raw() as *mut u8, size as usize);
+        core::ptr::copy_nonoverlapping(
+            fdt.as_bytes().as_ptr(),
+            copy.raw() as *mut u8,
+            size as usize,
+        );
         core::slice::from_raw_parts(copy.raw() as *const u8, size as usize)
     };
     let Ok(src) = Fdt::new(src) else {
         console::fatal(format_args!("DTB copy does not parse"));
     };
     let mut args_buf = [0u8; 1024];
-    let bootargs = src.bootargs().map(|a| strip_words(a, "verso.", &mut args_buf));
+    let bootargs = src
+        .bootargs()
+        .map(|a| strip_words(a, "verso.", &mut args_buf));
     let bootargs = match bootargs {
         Some(Ok(a)) => Some(a),
         Some(Err(e)) => console::fatal(format_args!("bootargs too long: {e:?}")),
@@ -236,7 +282,13 @@ fn write_host_dtb(fdt: &Fdt) -> usize {
 #[no_mangle]
 extern "C" fn el2_fatal_exception(kind: u64) -> ! {
     const KINDS: [&str; 4] = ["sync", "irq", "fiq", "serror"];
-    let origin = if kind < 4 { "EL2 (SP_EL0)" } else if kind < 8 { "EL2" } else { "lower EL" };
+    let origin = if kind < 4 {
+        "EL2 (SP_EL0)"
+    } else if kind < 8 {
+        "EL2"
+    } else {
+        "lower EL"
+    };
     console::fatal(format_args!(
         "unexpected {} exception from {origin}",
         KINDS[(kind % 4) as usize]
@@ -248,7 +300,13 @@ fn panic(info: &PanicInfo) -> ! {
     let mut msg = Line::default();
     let _ = write!(msg, "{}", info.message());
     match info.location() {
-        Some(loc) => console::fatal(format_args!("{} at {}:{} on cpu{}", msg.as_str(), loc.file(), loc.line(), cpu_index())),
+        Some(loc) => console::fatal(format_args!(
+            "{} at {}:{} on cpu{}",
+            msg.as_str(),
+            loc.file(),
+            loc.line(),
+            cpu_index()
+        )),
         None => console::fatal(format_args!("{}", msg.as_str())),
     }
 }
@@ -261,7 +319,10 @@ struct Line {
 
 impl Default for Line {
     fn default() -> Self {
-        Line { buf: [0; 160], len: 0 }
+        Line {
+            buf: [0; 160],
+            len: 0,
+        }
     }
 }
 

@@ -94,7 +94,9 @@ impl TlbMaintenance for El2Platform {
             for i in 0..pages {
                 let operand = ((start.raw() >> 12) + i) & ((1 << 40) - 1) | ttl;
                 // SAFETY: TLB invalidation never changes memory or the hyp's own translations.
-                unsafe { core::arch::asm!("tlbi ipas2e1is, {}", in(reg) operand, options(nostack)) };
+                unsafe {
+                    core::arch::asm!("tlbi ipas2e1is, {}", in(reg) operand, options(nostack))
+                };
             }
             // Stage 2 first, then the combined stage 1+2 entries (IPAS2 need not remove them).
             dsb_ish();

@@ -84,12 +84,19 @@ pub fn handle_host_smc(regs: &mut [u64]) {
     let function = regs[0] as u32;
     let result = match function {
         fid::CPU_ON_32 | fid::CPU_ON_64 => {
-            let width = if function == fid::CPU_ON_32 { u64::from(u32::MAX) } else { u64::MAX };
+            let width = if function == fid::CPU_ON_32 {
+                u64::from(u32::MAX)
+            } else {
+                u64::MAX
+            };
             cpu_on(regs[1] & width, regs[2] & width, regs[3] & width)
         }
         fid::FEATURES => {
             let queried = regs[1] as u32;
-            if PASSED_THROUGH.contains(&queried) || queried == fid::CPU_ON_32 || queried == fid::CPU_ON_64 {
+            if PASSED_THROUGH.contains(&queried)
+                || queried == fid::CPU_ON_32
+                || queried == fid::CPU_ON_64
+            {
                 smc(regs[0], regs[1], 0, 0) as i64
             } else {
                 NOT_SUPPORTED

@@ -135,7 +135,11 @@ pub unsafe fn map(start: u64, size: u64, attrs: u64) -> Result<(), OutOfTables> 
 ///
 /// # Safety
 /// Primary CPU, MMU off, .bss zeroed, nothing else running.
-pub unsafe fn build_early(hyp_end: u64, dtb_area: (u64, u64), uart: u64) -> Result<(), OutOfTables> {
+pub unsafe fn build_early(
+    hyp_end: u64,
+    dtb_area: (u64, u64),
+    uart: u64,
+) -> Result<(), OutOfTables> {
     let l = image_layout();
     // SAFETY: forwarded; every range below is hyp-owned or device memory.
     unsafe {

@@ -50,7 +50,16 @@ pub unsafe fn identity_map(
     source: &mut dyn TableSource,
 ) -> Result<(), OutOfTables> {
     // SAFETY: forwarded from the caller.
-    unsafe { map_level(root, start_level, start, start.saturating_add(size), attrs, source) }
+    unsafe {
+        map_level(
+            root,
+            start_level,
+            start,
+            start.saturating_add(size),
+            attrs,
+            source,
+        )
+    }
 }
 
 /// # Safety
@@ -76,7 +85,11 @@ unsafe fn map_level(
         let whole = va & (entry_size - 1) == 0 && chunk_end == entry_end;
         if level == 3 {
             if entry == 0 {
-                let leaf = if attrs & GUARD != 0 { GUARD } else { va | attrs | VALID | TABLE_OR_PAGE };
+                let leaf = if attrs & GUARD != 0 {
+                    GUARD
+                } else {
+                    va | attrs | VALID | TABLE_OR_PAGE
+                };
                 // SAFETY: as above.
                 unsafe { slot.write_volatile(leaf) };
             }
