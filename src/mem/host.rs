@@ -318,6 +318,12 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
         super::committed(res);
     }
 
+    /// The host allocator, mutably (tests provoke exhaustion with it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.alloc
+    }
+
     /// Metadata table, for the consistency checker.
     #[cfg(any(test, feature = "testing"))]
     pub fn metadata(&self) -> &[PageMeta] {
