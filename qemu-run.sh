@@ -11,16 +11,16 @@
 # the exact commands are printed).
 set -euo pipefail
 
+# Every path below is relative to the repository root.
 cd "$(dirname "${BASH_SOURCE[0]}")"
-ROOT=$PWD
 
 TOOLCHAIN=1.95.0
 HYP_TARGET=aarch64-unknown-none-softfloat
 KERNEL_TARGET=aarch64-unknown-none
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
 HYP_ELF=$TARGET_DIR/$HYP_TARGET/release/verso
 KERNEL_DIR=$TARGET_DIR/$KERNEL_TARGET/release
-OUT=$ROOT/out
+OUT=out
 QEMU=${QEMU:-qemu-system-aarch64}
 QEMU_MIN=8.2
 # Where every host payload goes; Verso finds it there (docs/boot.md, `verso.payload=`).
