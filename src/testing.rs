@@ -8,8 +8,9 @@
 
 extern crate std;
 
+use core::cell::UnsafeCell;
+use std::boxed::Box;
 use std::collections::BTreeSet;
-use std::vec;
 use std::vec::Vec;
 
 use crate::addr::{Ipa, PhysAddr, Vmid, PAGE_SIZE};
@@ -63,8 +64,9 @@ impl TlbOp {
 /// and a log of every maintenance request.
 pub struct FakePlatform {
     base: PhysAddr,
-    /// `u64` words so that every descriptor access is naturally aligned.
-    mem: Vec<u64>,
+    /// `u64` words so that every descriptor access is naturally aligned; `UnsafeCell` because
+    /// the core writes through pointers handed out by `phys_to_ptr(&self)`, as on hardware.
+    mem: Box<[UnsafeCell<u64>]>,
     log: Vec<TlbOp>,
 }
 
@@ -78,9 +80,10 @@ impl FakePlatform {
         );
         let pages = bytes.div_ceil(PAGE_SIZE);
         let words = usize::try_from(pages * PAGE_SIZE / 8).expect("arena too large");
+        let mem = (0..words).map(|_| UnsafeCell::new(0)).collect();
         Self {
             base,
-            mem: vec![0; words],
+            mem,
             log: Vec::new(),
         }
     }
@@ -119,14 +122,16 @@ impl FakePlatform {
     /// The 64-bit word at `pa` (8-byte aligned).
     pub fn read_u64(&self, pa: PhysAddr) -> u64 {
         assert!(pa.is_aligned(8));
-        self.mem[self.word(pa)]
+        // SAFETY: the word is inside the arena; `&self` excludes concurrent writers through
+        // `&mut self`, and the core's raw-pointer writes are not concurrent with this read.
+        unsafe { *self.mem[self.word(pa)].get() }
     }
 
     /// Store `value` at `pa` (8-byte aligned).
     pub fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         assert!(pa.is_aligned(8));
         let i = self.word(pa);
-        self.mem[i] = value;
+        *self.mem[i].get_mut() = value;
     }
 
     /// A copy of `len` bytes from `pa`.
@@ -140,12 +145,14 @@ impl FakePlatform {
             let at = pa.add(i as u64);
             let w = self.word(at);
             let shift = (at.raw() % 8) * 8;
-            self.mem[w] = (self.mem[w] & !(0xff << shift)) | (u64::from(*b) << shift);
+            let word = self.mem[w].get_mut();
+            *word = (*word & !(0xff << shift)) | (u64::from(*b) << shift);
         }
     }
 
     fn byte(&self, pa: PhysAddr) -> u8 {
-        (self.mem[self.word(pa)] >> ((pa.raw() % 8) * 8)) as u8
+        let word = self.read_u64(pa.align_down(8));
+        (word >> ((pa.raw() % 8) * 8)) as u8
     }
 }
 
