@@ -370,3 +370,23 @@ fn removing_a_node_removes_its_whole_subtree() {
     assert!(new.has_compatible("arm,pl011"), "the next sibling is kept");
     assert_eq!(walk(&new).len(), walk(&src).len() - 1 - 10 - 1 - 5);
 }
+
+#[test]
+fn qemu_runtime_blob_with_free_space_amends_to_a_compact_blob() {
+    // At boot QEMU's header says totalsize = 1 MiB: the tree plus free space for editing.
+    let mut blob = VIRT_BOOTARGS.to_vec();
+    blob.resize(1 << 20, 0);
+    set_header_word(&mut blob, TOTALSIZE, 1 << 20);
+    // SAFETY: `blob` holds the full 1 MiB `totalsize` and outlives `src`.
+    let src = unsafe { Fdt::from_ptr(blob.as_ptr()) }.unwrap();
+    assert_eq!(src.total_size(), 1 << 20);
+    let out = amend_vec(&src, &host_edits(Some("console=ttyAMA0"))).unwrap();
+    assert!(
+        out.len() < VIRT_BOOTARGS.len() + 256,
+        "no free space is carried over: {}",
+        out.len()
+    );
+    let new = Fdt::new(&out).unwrap();
+    assert_eq!(new.total_size(), out.len());
+    assert_eq!(new.bootargs(), Some("console=ttyAMA0"));
+}
