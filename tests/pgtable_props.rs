@@ -277,7 +277,7 @@ fn random_range(rng: &mut Rng) -> PageRange<Ipa> {
         // Unaligned, small.
         12..=23 => (rng.below(SPACE / PAGE_SIZE) * PAGE_SIZE, 1 + rng.below(64)),
         // Unaligned, a few blocks long.
-        6..=7 => (
+        24..=31 => (
             rng.below(SPACE / PAGE_SIZE) * PAGE_SIZE,
             1 + rng.below(2048),
         ),
