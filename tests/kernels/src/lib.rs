@@ -12,6 +12,14 @@
 //! - [`harness`]: the test table, `PASS:`/`FAIL:`/`SKIP:` lines, the summary and the exit status;
 //! - [`semihosting`]: ending QEMU with a status.
 //!
+//! Developing without the hyp: QEMU boots the ELF itself at EL1 (it then puts the DTB at
+//! 0x4000_0000 and enters with x0 = 0, hence [`FALLBACK_DTB`]; the PSCI conduit becomes `hvc`):
+//! ```text
+//! timeout 20 qemu-system-aarch64 -M virt,gic-version=3 -cpu max -smp 4 -m 1G -nographic \
+//!   -semihosting -nic none -kernel target/aarch64-unknown-none/release/host-suite -append suite=host
+//! ```
+//! The hyp-specific tests fail there, which shows that they can.
+//!
 //! A kernel binary declares its entry with [`entry!`]:
 //! ```ignore
 //! verso_test_kernels::entry!(main);
