@@ -259,7 +259,10 @@ mod tests {
     fn call_uid_returns_the_documented_words() {
         let before = regs_with(fid::VENDOR_HYP_CALL_UID as u64);
         let after = call(fid::VENDOR_HYP_CALL_UID as u64);
-        assert_eq!(after[..4], [0xb802_a633, 0xb74f_a09f, 0x188b_aca4, 0x5ee9_eda7]);
+        assert_eq!(
+            after[..4],
+            [0xb802_a633, 0xb74f_a09f, 0x188b_aca4, 0x5ee9_eda7]
+        );
         assert_eq!(after[4..], before[4..]);
     }
 
