@@ -141,8 +141,13 @@ pub unsafe fn build_early(
     uart: u64,
 ) -> Result<(), OutOfTables> {
     let l = image_layout();
+    // With the MMU off our stores bypass the caches, but the walker will read the tables through
+    // them: drop any line a loader may have left for the table pool, before and after writing.
+    let pool = STAGE1.0.get() as u64;
+    let pool_len = core::mem::size_of::<TablePool>() as u64;
+    invalidate_dcache(pool, pool_len);
     // SAFETY: forwarded; every range below is hyp-owned or device memory.
-    unsafe {
+    let built = unsafe {
         map(l.start, l.text_end - l.start, attrs::TEXT)?;
         map(l.text_end, l.rodata_end - l.text_end, attrs::RODATA)?;
         for cpu in 0..MAX_CPUS as u64 {
@@ -150,9 +155,24 @@ pub unsafe fn build_early(
         }
         map(l.rodata_end, hyp_end - l.rodata_end, attrs::DATA)?;
         map(dtb_area.0, dtb_area.1, attrs::DATA)?;
-        map(uart, 0x1000, attrs::DEVICE)?;
+        map(uart, 0x1000, attrs::DEVICE)
+    };
+    invalidate_dcache(pool, pool_len);
+    built
+}
+
+/// `DC IVAC` over `[start, start + len)`: discards cached copies so that the next cacheable read
+/// sees what MMU-off (non-cacheable) stores put in memory.
+fn invalidate_dcache(start: u64, len: u64) {
+    let line = 4u64 << ((read_sysreg!(ctr_el0) >> 16) & 0xf);
+    let mut addr = start & !(line - 1);
+    while addr < start + len {
+        // SAFETY: the range is the hyp's own static table pool, whose only up-to-date copy is in
+        // memory (written with the MMU off); discarding cache lines loses nothing.
+        unsafe { core::arch::asm!("dc ivac, {}", in(reg) addr, options(nostack)) };
+        addr += line;
     }
-    Ok(())
+    dsb_ish();
 }
 
 /// The register values every CPU loads to turn its MMU on.
