@@ -43,6 +43,8 @@ pub struct Memcache {
     free: [PhysAddr; MEMCACHE_PAGES],
     nr_free: usize,
     in_tables: usize,
+    /// Every page ever given, in order: what teardown returns to the host.
+    donated: [PhysAddr; MEMCACHE_PAGES],
 }
 
 impl Default for Memcache {
@@ -58,6 +60,7 @@ impl Memcache {
             free: [PhysAddr(0); MEMCACHE_PAGES],
             nr_free: 0,
             in_tables: 0,
+            donated: [PhysAddr(0); MEMCACHE_PAGES],
         }
     }
     /// Pages held (free or used as tables).
@@ -72,6 +75,10 @@ impl Memcache {
     pub fn free_pages(&self) -> &[PhysAddr] {
         &self.free[..self.nr_free]
     }
+    /// Every page the memcache holds, free or used as a table.
+    pub fn donated_pages(&self) -> &[PhysAddr] {
+        &self.donated[..self.held()]
+    }
     /// Pages currently used as table pages.
     pub fn pages_in_tables(&self) -> usize {
         self.in_tables
@@ -79,15 +86,12 @@ impl Memcache {
     /// Add a page the hypervisor now owns. The caller checked [`Self::room`].
     pub(crate) fn push(&mut self, pa: PhysAddr) {
         debug_assert!(self.room() > 0);
-        if self.nr_free < MEMCACHE_PAGES {
+        let held = self.held();
+        if held < MEMCACHE_PAGES {
+            self.donated[held] = pa;
             self.free[self.nr_free] = pa;
             self.nr_free += 1;
         }
-    }
-    /// Take every free page out (teardown returns them to the host).
-    pub(crate) fn take_free(&mut self) -> ([PhysAddr; MEMCACHE_PAGES], usize) {
-        let n = core::mem::replace(&mut self.nr_free, 0);
-        (self.free, n)
     }
 }
 

@@ -146,9 +146,9 @@ pub fn check_consistency<A: TableAllocator>(
                     other => return Err(format!("{h:?} {ipa:?}: unexpected guest entry {other:?}")),
                 }
             }
-            for pa in g.memcache.free_pages() {
+            for pa in g.memcache.donated_pages() {
                 let m = host.meta(*pa).ok_or_else(|| format!("memcache page {pa:?} not RAM"))?;
-                if m.hyp_state() != PageState::Owned || m.hyp_pins() == PIN_RESERVED {
+                if m.hyp_state() != PageState::Owned || m.hyp_pins() != 1 {
                     return Err(format!("memcache page {pa:?} not a hyp page: {m:?}"));
                 }
             }
@@ -156,6 +156,7 @@ pub fn check_consistency<A: TableAllocator>(
 
         let mut owned = 0;
         let mut borrowed = 0;
+        let mut in_use = 0;
         let mut expect_mapped = 0;
         let mut expect_annotated = 0;
         for region in host.ram_regions() {
@@ -173,6 +174,7 @@ pub fn check_consistency<A: TableAllocator>(
                         return ControlFlow::Break(());
                     }
                     owned += u64::from(m.hyp_state() == PageState::Owned);
+                    in_use += u64::from(m.hyp_state() == PageState::Owned && m.hyp_pins() == 1);
                     borrowed += u64::from(m.hyp_state() == PageState::SharedBorrowed);
                     if matches!(view, Lookup::Mapped { .. }) {
                         expect_mapped += 1;
@@ -185,6 +187,15 @@ pub fn check_consistency<A: TableAllocator>(
             if let Some(e) = err {
                 return Err(e);
             }
+        }
+        let held: usize = vms
+            .handles()
+            .map(|h| vms.get(h).expect("listed").guest.lock().memcache.held())
+            .sum();
+        if in_use != held as u64 {
+            return Err(format!(
+                "{in_use} hyp-owned pages pinned as in use, VM memcaches hold {held}"
+            ));
         }
         if let Some((pa, m)) = by_pa.iter().next() {
             return Err(format!("guest mappings of non-RAM page {pa:#x}: {m:?}"));
@@ -265,8 +276,9 @@ fn check_page<A: TableAllocator>(
             "page {pa:?}: {why}; meta {m:?}, host view {view:?}, guest mappings {mappings:?}"
         ))
     };
-    if m.hyp_pins() != 0 && !(m.hyp_state() == SharedBorrowed || reserved) {
-        return fail("pinned but not shared with the hyp");
+    let in_use = m.hyp_state() == Owned && m.hyp_pins() == 1;
+    if m.hyp_pins() != 0 && !(m.hyp_state() == SharedBorrowed || reserved || in_use) {
+        return fail("pinned but neither shared with the hyp nor in use by it");
     }
     if reserved != (m.hyp_pins() == PIN_RESERVED) {
         return fail("the hyp's own pages and only they are pinned for ever");

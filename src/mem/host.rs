@@ -292,9 +292,15 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
         }
     }
 
-    /// Worst-case table pages a change of the host descriptors of `r` may need.
+    /// Worst-case table pages a change of the host descriptors of `r` may need (a walk of the
+    /// tables as they are, so that a caller summing it over many small runs is not refused for
+    /// a bound that counts every level of every run).
     pub(crate) fn tables_needed(&self, plat: &impl PhysMemory, r: PageRange<PhysAddr>) -> usize {
-        self.stage2.tables_needed(plat, identity(r))
+        let mapped = self
+            .stage2
+            .tables_needed_for(plat, identity(r), Some(r.start()));
+        let annotated = self.stage2.tables_needed_for(plat, identity(r), None);
+        mapped.max(annotated)
     }
 
     /// Give the host back its identity mapping of `r`.

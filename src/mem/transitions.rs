@@ -23,9 +23,6 @@ use crate::vm::{Guest, Memcache, VmHandle, VmTable, MEMCACHE_PAGES};
 use core::ops::ControlFlow;
 use PageState::{NoPage, Owned, SharedBorrowed, SharedOwned};
 
-/// Worst-case new table pages to map one page in a 4-level table (levels 1, 2 and 3).
-const WORST_TABLES_PER_PAGE: usize = 3;
-
 /// [`Error::Perm`] unless the host and hyp states of a page are `host` and `hyp`.
 fn expect(m: &PageMeta, host: PageState, hyp: PageState) -> Result<()> {
     if m.host_state() == host && m.hyp_state() == hyp {
@@ -277,7 +274,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
     }
 
     /// Give hypervisor pages back to the host, scrubbed: hyp `Owned` -> `NoPage`, host `NoPage`
-    /// -> `Owned` (identity mapping restored).
+    /// -> `Owned` (identity mapping restored). Pages in use by the hyp are pinned and refused:
+    /// its own memory for ever, memcache pages until their VM is finalized.
     ///
     /// # Errors
     /// [`Error::Range`] outside RAM; [`Error::Perm`] unless hyp `Owned` / host `NoPage`;
@@ -483,7 +481,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
             host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
         }
         host.check_tables(host_tables)?;
         check_capacity(guest.memcache.available(), guest_tables)?;
@@ -530,7 +528,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
             host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
         }
         host.check_tables(host_tables)?;
         check_capacity(guest.memcache.available(), guest_tables)?;
@@ -582,7 +580,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
             host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
         }
         host.check_tables(host_tables)?;
         check_capacity(guest.memcache.available(), guest_tables)?;
@@ -638,7 +636,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             if run.state == Owned {
                 host_tables += host.tables_needed(&*plat, pa);
             }
-            guest_tables += guest.stage2.tables_needed(&*plat, run.range);
+            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
         }
         host.check_tables(host_tables)?;
         check_capacity(guest.memcache.available(), guest_tables)?;
@@ -746,6 +744,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         host.check_tables(host.tables_needed(&*plat, pages))?;
 
         donate_to_hyp(&mut host, &mut hyp, plat, pages, first);
+        // Pinned while in the memcache, so that no other path can hand them back.
+        host.update(first, pages.pages(), |m| m.set_hyp_pins(1));
         // A page the host wrote must never be read as a descriptor.
         scrub(plat, pages);
         let mut memcache = Memcache::new();
@@ -791,6 +791,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         host.check_tables(host.tables_needed(&*plat, pages))?;
 
         donate_to_hyp(&mut host, &mut hyp, plat, pages, first);
+        host.update(first, pages.pages(), |m| m.set_hyp_pins(1));
         scrub(plat, pages);
         pages.iter().for_each(|pa| guest.memcache.push(pa));
         Ok(())
@@ -838,7 +839,12 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             if mapped {
                 return Err(Error::Busy);
             }
-            host.check_tables(guest.memcache.held() * WORST_TABLES_PER_PAGE)?;
+            let needed = guest
+                .memcache
+                .donated_pages()
+                .iter()
+                .filter_map(|pa| PageRange::new(*pa, 1));
+            host.check_tables(needed.map(|p| host.tables_needed(&*plat, p)).sum())?;
         }
 
         let Some(vm) = vms.remove(handle) else {
@@ -846,8 +852,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         };
         let mut guest = vm.guest.into_inner();
         guest.stage2.destroy(plat, &mut guest.memcache);
-        let (free, n) = guest.memcache.take_free();
-        for pa in &free[..n] {
+        for pa in guest.memcache.donated_pages() {
             if let Some(page) = PageRange::new(*pa, 1) {
                 if let Ok(first) = host.ram_index(page) {
                     return_to_host(&mut host, &mut hyp, plat, page, first);
