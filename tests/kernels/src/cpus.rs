@@ -158,6 +158,9 @@ pub fn affinity_info(mpidr: u64) -> Result<i64, Fault> {
 
 /// Starts CPU `cpu` through PSCI CPU_ON and has it run `job` first; returns the PSCI status.
 ///
+/// `cpu` must be off: the job is posted before the call, so a running CPU idling in its mailbox
+/// loop could pick it up. To probe CPU_ON of an online CPU use [`psci_cpu_on`].
+///
 /// # Errors
 /// The fault raised if the PSCI conduit is not implemented.
 pub fn start(cpu: usize, job: Job) -> Result<i64, Fault> {
