@@ -3,8 +3,8 @@
 //! A test that wants to prove an access is refused arms an expectation on its CPU, performs the
 //! access (the `probe_*` functions do all three steps), and gets back the [`Fault`] the vector
 //! recorded: ESR_EL1, FAR_EL1 and ELR_EL1. The handler then resumes after the faulting
-//! instruction (for an instruction abort, at the caller's link register, because the faulting
-//! "instruction" is the branch target itself). Any exception nobody expected prints every
+//! instruction; for [`probe_exec`] it resumes at the link register instead, because the faulting
+//! "instruction" is the branch target itself. Any exception nobody expected prints every
 //! register and fails the whole suite: a kernel that carries on after an unexplained fault would
 //! report results nobody can trust.
 
