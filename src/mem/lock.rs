@@ -95,6 +95,7 @@ pub fn set_cpu_index_fn(f: fn() -> usize) {
 /// The number of CPUs the debug lock-order check can track at EL2.
 pub const MAX_CPUS: usize = 8;
 
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
 fn violated(level: LockLevel, held: u8) -> bool {
     // Every held level must be strictly earlier than the one being taken.
     (held >> (level as u8)) != 0
