@@ -43,6 +43,8 @@ pub struct Memcache {
     free: [PhysAddr; MEMCACHE_PAGES],
     nr_free: usize,
     in_tables: usize,
+    /// Pages taken for the VM's hyp-side state (vCPU contexts): held until teardown.
+    in_state: usize,
     /// Every page ever given, in order: what teardown returns to the host.
     donated: [PhysAddr; MEMCACHE_PAGES],
 }
@@ -60,12 +62,13 @@ impl Memcache {
             free: [PhysAddr(0); MEMCACHE_PAGES],
             nr_free: 0,
             in_tables: 0,
+            in_state: 0,
             donated: [PhysAddr(0); MEMCACHE_PAGES],
         }
     }
     /// Pages held (free or used as tables).
     pub fn held(&self) -> usize {
-        self.nr_free + self.in_tables
+        self.nr_free + self.in_tables + self.in_state
     }
     /// How many more pages the memcache can accept.
     pub fn room(&self) -> usize {
@@ -82,6 +85,17 @@ impl Memcache {
     /// Pages currently used as table pages.
     pub fn pages_in_tables(&self) -> usize {
         self.in_tables
+    }
+    /// Pages taken by [`Self::take_for_state`] (vCPU contexts).
+    pub fn pages_in_state(&self) -> usize {
+        self.in_state
+    }
+    /// Take a free page for the VM's hyp-side state (a vCPU context). It stays accounted to the
+    /// memcache, so teardown returns it to the host (scrubbed) with the others.
+    pub fn take_for_state(&mut self) -> Option<PhysAddr> {
+        self.nr_free = self.nr_free.checked_sub(1)?;
+        self.in_state += 1;
+        Some(self.free[self.nr_free])
     }
     /// Add a page the hypervisor now owns. The caller checked [`Self::room`].
     pub(crate) fn push(&mut self, pa: PhysAddr) {
@@ -133,6 +147,8 @@ pub struct Vm {
     pub dying: bool,
     /// Guest stage-2 and memcache, under the guest lock.
     pub guest: OrderedLock<Guest>,
+    /// vCPUs and the conversion log (issue 4), under the vm-table lock.
+    pub run: crate::vcpu::VmRun,
 }
 
 /// The VM table: a fixed array of slots, protected by the vm-table lock.
@@ -201,6 +217,7 @@ impl VmTable {
         Vm {
             dying: false,
             guest: OrderedLock::new(LockLevel::Guest, guest),
+            run: crate::vcpu::VmRun::new(),
         }
     }
 }

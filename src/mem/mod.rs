@@ -195,6 +195,12 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         f(&vms, &host, &hyp)
     }
 
+    /// Run `f` with the VM table locked: vCPU bookkeeping and conversion logs live in the VMs
+    /// (`crate::vcpu`). `f` may lock one guest, nothing else.
+    pub fn with_vms<R>(&self, f: impl FnOnce(&mut VmTable) -> R) -> R {
+        f(&mut self.vms.lock())
+    }
+
     /// Lock the host component (test support: e.g. forcing a share count).
     #[cfg(any(test, feature = "testing"))]
     pub fn lock_host(&self) -> OrderedGuard<'_, HostMemory<'m, A>> {

@@ -800,11 +800,11 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
     /// Mark a VM dying: it runs no more, accepts no memory, and its pages can be reclaimed.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::Busy`] if already dying.
+    /// [`Error::NotFound`]; [`Error::Busy`] if already dying or while one of its vCPUs runs.
     pub fn start_teardown(&self, handle: VmHandle) -> Result<()> {
         let mut vms = self.vms.lock();
         let vm = vms.get_mut(handle)?;
-        if vm.dying {
+        if vm.dying || vm.run.any_running() {
             return Err(Error::Busy);
         }
         vm.dying = true;
