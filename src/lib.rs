@@ -14,15 +14,23 @@
 //! - [`error`]: the one error enum.
 //! - [`abi`]: hypercall function IDs, argument decoding, return codes.
 //! - [`fdt`]: reading and amending the flattened device tree handed to the host.
+//! - [`vm`], [`vcpu`]: VMs, their vCPUs (saved contexts, run bookkeeping, trap decoding).
+//! - [`guest_abi`]: the pKVM guest calls handled at EL2.
+//! - [`convlog`]: the per-VM conversion log in host-shared pages.
+//! - [`iommu`]: the SMMUv3 driver (host DMA translates through the host stage-2).
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 
 pub mod abi;
 pub mod addr;
+pub mod convlog;
 pub mod error;
 pub mod fdt;
+pub mod guest_abi;
+pub mod iommu;
 pub mod mem;
 pub mod pgtable;
 pub mod platform;
+pub mod vcpu;
 pub mod vm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
