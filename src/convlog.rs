@@ -94,7 +94,7 @@ impl ConvLog {
         let tail = self.read_u64(plat, OFF_TAIL);
         // A tail ahead of head, or more than a ring behind, is the host's bug: the ring counts
         // as full (the hyp never writes outside its slots whatever the tail says).
-        let used = self.head.wrapping_sub(tail);
+        let used = self.head.checked_sub(tail).unwrap_or(u64::MAX);
         if used >= self.capacity {
             self.dropped += 1;
             self.write_u64(plat, OFF_DROPPED, self.dropped);
