@@ -40,6 +40,25 @@ pub trait CacheMaintenance {
     fn clean_invalidate_to_poc(&mut self, pa: PhysAddr, len: u64);
 }
 
+/// Access to device registers (MMIO) at physical addresses, for the drivers the core owns (the
+/// SMMUv3). At EL2 these are single-copy-atomic `ldr`/`str` of the given width to Device memory,
+/// with the barriers that order them against normal memory: a write is preceded by `DSB ST` (so a
+/// queue entry written to memory is visible before the register that publishes it), a read is
+/// followed by `DSB LD` (so memory read after it, e.g. an event record, is not read early).
+///
+/// The width matters: some devices answer a 64-bit read of a 32-bit register with 0 (QEMU's SMMU
+/// does), so a driver uses exactly the width the register has.
+pub trait Mmio {
+    /// Reads the 32-bit register at `pa`.
+    fn read32(&mut self, pa: PhysAddr) -> u32;
+    /// Writes the 32-bit register at `pa`.
+    fn write32(&mut self, pa: PhysAddr, value: u32);
+    /// Reads the 64-bit register at `pa`.
+    fn read64(&mut self, pa: PhysAddr) -> u64;
+    /// Writes the 64-bit register at `pa`.
+    fn write64(&mut self, pa: PhysAddr, value: u64);
+}
+
 /// Everything the core needs from the architecture.
 pub trait Platform: PhysMemory + TlbMaintenance + CacheMaintenance {}
 
