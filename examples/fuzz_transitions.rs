@@ -202,7 +202,7 @@ fn main() {
         elapsed.as_secs_f64()
     );
     println!("no panic; {checks} full consistency checks passed; {snapshots_compared} refused calls compared by full snapshot, all unchanged");
-    println!("{:<28} {}", "call", "results");
+    println!("{:<28} results", "call");
     for (name, outcomes) in &results {
         let total: u64 = outcomes.values().sum();
         let list: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();

@@ -65,7 +65,7 @@ pub fn pfn_range(pfn: u64, pages: u64) -> Result<PageRange<PhysAddr>> {
 /// # Errors
 /// [`Error::Align`] if `addr` is not page aligned; otherwise as [`pfn_range`].
 pub fn page_range<A: crate::addr::Address>(addr: A, pages: u64) -> Result<PageRange<A>> {
-    if addr.to_raw() % PAGE_SIZE != 0 {
+    if !addr.to_raw().is_multiple_of(PAGE_SIZE) {
         return Err(Error::Align);
     }
     if pages == 0 {
