@@ -3,12 +3,13 @@
 //! not interleave.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// QEMU virt's PL011, used until (or if) the DTB says otherwise.
 pub const FALLBACK_UART: u64 = 0x0900_0000;
 
 static UART_BASE: AtomicU64 = AtomicU64::new(FALLBACK_UART);
+static POLL_FLAGS: AtomicBool = AtomicBool::new(true);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 const UARTDR: u64 = 0x000;
@@ -18,6 +19,12 @@ const UARTFR_TXFF: u32 = 1 << 5;
 /// Points the console at the PL011 at `base`.
 pub fn set_base(base: u64) {
     UART_BASE.store(base, Ordering::SeqCst);
+}
+
+/// Whether to wait for room in the transmit FIFO before each byte. A guest turns this off: its
+/// "PL011" is the host's MMIO exit handler, which takes every byte at once.
+pub fn set_flag_polling(on: bool) {
+    POLL_FLAGS.store(on, Ordering::SeqCst);
 }
 
 /// The PL011 base in use.
@@ -32,7 +39,9 @@ impl Pl011 {
         // SAFETY: `self.0` is the PL011 base from the DTB (or QEMU virt's fixed one), mapped as
         // Device memory by the identity map; FR and DR are its flag and data registers.
         unsafe {
-            while core::ptr::read_volatile((self.0 + UARTFR) as *const u32) & UARTFR_TXFF != 0 {}
+            while POLL_FLAGS.load(Ordering::Relaxed)
+                && core::ptr::read_volatile((self.0 + UARTFR) as *const u32) & UARTFR_TXFF != 0
+            {}
             core::ptr::write_volatile((self.0 + UARTDR) as *mut u32, u32::from(byte));
         }
     }

@@ -10,7 +10,9 @@
 //! - [`smccc`]: hypercalls and PSCI through the DTB's conduit;
 //! - [`cpus`]: secondary CPUs through PSCI CPU_ON, with jobs run on them;
 //! - [`harness`]: the test table, `PASS:`/`FAIL:`/`SKIP:` lines, the summary and the exit status;
-//! - [`semihosting`]: ending QEMU with a status.
+//! - [`semihosting`]: ending QEMU with a status;
+//! - [`vmm`]: a minimal VMM (VM host calls, guest console, teardown) for host-role kernels, and
+//!   [`mailbox`]: how it drives a guest-role kernel (`guest-worker`), one command per exit.
 //!
 //! Developing without the hyp: QEMU boots the ELF itself at EL1 (it then puts the DTB at
 //! 0x4000_0000 and enters with x0 = 0, hence [`FALLBACK_DTB`]; the PSCI conduit becomes `hvc`):
@@ -32,8 +34,10 @@ pub mod console;
 pub mod cpus;
 pub mod exception;
 pub mod harness;
+pub mod mailbox;
 pub mod semihosting;
 pub mod smccc;
+pub mod vmm;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,7 +47,30 @@ use verso::fdt::Fdt;
 /// x0 = 0), and where Verso writes the amended one: the fallback when x0 is 0.
 pub const FALLBACK_DTB: usize = 0x4000_0000;
 
+/// Where guest RAM starts in every VM (docs/abi.md, "Guest images"). A kernel linked here (the
+/// `guest_*` binaries, see build.rs) runs in *guest role*: no DTB, x0 is a value chosen by the
+/// host ([`boot_arg`]), PSCI through `hvc`, and a console whose every write is an MMIO exit.
+pub const GUEST_RAM_BASE: usize = 0x4000_0000;
+
 static DTB: AtomicUsize = AtomicUsize::new(0);
+static BOOT_ARG: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" {
+    /// First byte of the image (link.ld).
+    static __image_start: u8;
+}
+
+/// Whether this kernel was linked as a guest (at [`GUEST_RAM_BASE`]).
+pub fn is_guest() -> bool {
+    // Only the address of the linker-defined symbol is taken, never its content.
+    let base = core::ptr::addr_of!(__image_start) as usize;
+    base == GUEST_RAM_BASE
+}
+
+/// x0 at entry: the DTB address for a host-role kernel, the host's VCPU_CREATE value for a guest.
+pub fn boot_arg() -> u64 {
+    BOOT_ARG.load(Ordering::SeqCst) as u64
+}
 
 /// The DTB this kernel was booted with (as the loader passed it), if it parses.
 pub fn dtb() -> Option<Fdt<'static>> {
@@ -82,6 +109,16 @@ macro_rules! entry {
 
 /// Rust entry of the boot CPU (called by `_start` with the stack set and `.bss` clear).
 extern "C" fn primary_main(dtb: usize) -> ! {
+    BOOT_ARG.store(dtb, Ordering::SeqCst);
+    if is_guest() {
+        // Each console byte is an exit the host handles: do not poll the flag register too
+        // (that would double the exits), and there is no DTB to read the rest from.
+        console::set_flag_polling(false);
+        cpus::set_cpus(core::iter::empty());
+        smccc::set_psci_conduit_hvc(true);
+        // SAFETY: `__kernel_main` is defined by the binary through `entry!` with this signature.
+        unsafe { __kernel_main() }
+    }
     let dtb = if dtb != 0 { dtb } else { FALLBACK_DTB };
     DTB.store(dtb, Ordering::SeqCst);
     match self::dtb() {
