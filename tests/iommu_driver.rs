@@ -821,3 +821,34 @@ fn queue_sizes_fit_one_page_each_and_stream_table_is_16k() {
     assert_eq!(CMDQ_BYTES, PAGE_SIZE);
     assert_eq!(EVENTQ_BYTES, PAGE_SIZE);
 }
+
+#[test]
+fn dma_faults_read_reply_names_device_type_address_and_direction() {
+    let (mut f, mut s) = up();
+    assert_eq!(s.read_fault(&mut f), [0, 0, 0], "nothing recorded yet");
+    f.raise_event(fault_words(event::F_TRANSLATION, 0x08, 0x4020_0000, true));
+    f.raise_event(fault_words(event::F_TRANSLATION, 0x08, 0x4020_0004, false));
+    assert_eq!(
+        s.read_fault(&mut f),
+        [
+            1 << 63 | 1 << 41 | 1 << 40 | 0x10 << 32 | 0x08,
+            0x4020_0000,
+            1
+        ]
+    );
+    assert_eq!(
+        s.read_fault(&mut f),
+        [1 << 63 | 1 << 41 | 0x10 << 32 | 0x08, 0x4020_0004, 0]
+    );
+    assert_eq!(s.read_fault(&mut f), [0, 0, 0]);
+}
+
+#[test]
+fn polling_an_idle_smmu_costs_two_register_reads() {
+    let (mut f, mut s) = up();
+    assert_eq!(s.poll_events(&mut f), 0);
+    assert_eq!(
+        f.m.log,
+        [Access::Read32(GERROR), Access::Read32(EVENTQ_PROD)]
+    );
+}

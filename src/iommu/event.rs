@@ -128,3 +128,34 @@ impl FaultLog {
         self.dropped
     }
 }
+
+/// `DMA_FAULTS_READ` x1: a record is returned.
+pub const REPLY_VALID: u64 = 1 << 63;
+/// `DMA_FAULTS_READ` x1: the device was reading memory.
+pub const REPLY_READ: u64 = 1 << 40;
+/// `DMA_FAULTS_READ` x1: stage 2 raised the fault.
+pub const REPLY_STAGE2: u64 = 1 << 41;
+
+/// The x1..x3 of a `DMA_FAULTS_READ` reply (docs/abi.md):
+/// - x1: bit 63 = a record follows; bits [31:0] StreamID, [39:32] event type, bit 40 read,
+///   bit 41 stage 2 (all 0 when no record is waiting);
+/// - x2: the input address (IPA) of the faulting transaction;
+/// - x3: bits [31:0] records still waiting after this one, bits [63:32] event-queue overflows
+///   since boot (saturating).
+pub fn fault_reply(record: Option<FaultRecord>, waiting: usize, overflows: u64) -> [u64; 3] {
+    let counters =
+        (waiting.min(u32::MAX as usize) as u64) | overflows.min(u64::from(u32::MAX)) << 32;
+    match record {
+        None => [0, 0, counters],
+        Some(r) => {
+            let mut x1 = REPLY_VALID | u64::from(r.stream_id) | u64::from(r.kind) << 32;
+            if r.read {
+                x1 |= REPLY_READ;
+            }
+            if r.stage2 {
+                x1 |= REPLY_STAGE2;
+            }
+            [x1, r.address, counters]
+        }
+    }
+}

@@ -152,6 +152,10 @@ pub struct Smmu {
     range_invalidation: bool,
     host_vmid: Vmid,
     failed_safe: bool,
+    /// GERRORN as last written: only software writes it, so reading it back is never needed.
+    gerrorn: u32,
+    /// EVENTQ_CONS.OVACKFLG as last written.
+    eventq_ovack: u32,
     log: FaultLog,
     stats: SmmuStats,
 }
@@ -279,6 +283,8 @@ impl Smmu {
             range_invalidation: idr3 & IDR3_RIL != 0,
             host_vmid: cfg.host_vmid,
             failed_safe: false,
+            gerrorn: gerror,
+            eventq_ovack: 0,
             log: FaultLog::new(),
             stats: SmmuStats::default(),
         };
@@ -438,7 +444,7 @@ impl Smmu {
         let mut refused = None;
         for _ in 0..MAX_POLLS {
             let cons = p.read32(self.base.add(CMDQ_CONS));
-            let active = p.read32(self.base.add(GERROR)) ^ p.read32(self.base.add(GERRORN));
+            let active = p.read32(self.base.add(GERROR)) ^ self.gerrorn;
             if active & GERROR_CMDQ_ERR != 0 {
                 let slot = self.cmdq.slot(cons & QUEUE_INDEX_MASK, 16);
                 let [word0, _] = read_words::<2>(p, slot);
@@ -454,8 +460,8 @@ impl Smmu {
                 );
                 // Skip it: a CMD_SYNC in its place, then restart the queue by acknowledging.
                 write_words(p, slot, &Command::Sync.encode());
-                let gerrorn = p.read32(self.base.add(GERRORN));
-                p.write32(self.base.add(GERRORN), gerrorn ^ GERROR_CMDQ_ERR);
+                self.gerrorn ^= GERROR_CMDQ_ERR;
+                p.write32(self.base.add(GERRORN), self.gerrorn);
                 continue;
             }
             if cons & self.cmdq.wrap_mask() == prod {
@@ -467,12 +473,22 @@ impl Smmu {
 
     /// Drains the event queue into the fault log and handles event-queue overflow (counted,
     /// acknowledged, recording continues). Returns the number of records consumed.
+    ///
+    /// Cheap when nothing happened (two register reads), because the EL2 runtime calls it at
+    /// every host hypercall.
     pub fn poll_events<P: Mmio + PhysMemory>(&mut self, p: &mut P) -> usize {
         let base = self.base;
-        let active = p.read32(base.add(GERROR)) ^ p.read32(base.add(GERRORN));
-        let mut consumed = 0;
+        let active = p.read32(base.add(GERROR)) ^ self.gerrorn;
         let prod = p.read32(base.add(EVENTQ_PROD));
+        let overflow_flag = prod & EVENTQ_OVERFLOW_FLAG;
         let mut cons = self.eventq.index;
+        if prod & self.eventq.wrap_mask() == cons
+            && active & GERROR_EVENTQ_ABT_ERR == 0
+            && overflow_flag == self.eventq_ovack
+        {
+            return 0;
+        }
+        let mut consumed = 0;
         // At most one queue's worth per call: bounded work even if the SMMU keeps producing.
         while cons != prod & self.eventq.wrap_mask() && consumed < 1 << EVENTQ_LOG2 {
             let words = read_words::<4>(p, self.eventq.slot(cons, EVENT_BYTES));
@@ -481,21 +497,29 @@ impl Smmu {
             consumed += 1;
         }
         self.eventq.index = cons;
-        let overflow_flag = prod & EVENTQ_OVERFLOW_FLAG;
-        let last_ack = p.read32(base.add(EVENTQ_CONS)) & EVENTQ_OVERFLOW_FLAG;
-        if overflow_flag != last_ack {
+        if overflow_flag != self.eventq_ovack {
+            // An SMMU that reports overflow through EVENTQ_PROD.OVFLG (QEMU does not).
             self.stats.overflows += 1;
+            self.eventq_ovack = overflow_flag;
         }
         // Consumed entries are free again; OVACKFLG = OVFLG acknowledges an overflow.
         p.write32(base.add(EVENTQ_CONS), cons | overflow_flag);
         if active & GERROR_EVENTQ_ABT_ERR != 0 {
             // The queue was full and events were lost; it has room again now.
             self.stats.overflows += 1;
-            let gerrorn = p.read32(base.add(GERRORN));
-            p.write32(base.add(GERRORN), gerrorn ^ GERROR_EVENTQ_ABT_ERR);
+            self.gerrorn ^= GERROR_EVENTQ_ABT_ERR;
+            p.write32(base.add(GERRORN), self.gerrorn);
         }
         self.stats.events += consumed as u64;
         consumed
+    }
+
+    /// The reply of the `DMA_FAULTS_READ` host call (x1..x3, see [`event::fault_reply`]): drains
+    /// the event queue first, then hands out the oldest record.
+    pub fn read_fault<P: Mmio + PhysMemory>(&mut self, p: &mut P) -> [u64; 3] {
+        self.poll_events(p);
+        let record = self.log.pop();
+        event::fault_reply(record, self.log.len(), self.stats.overflows)
     }
 
     /// Removes and returns the oldest decoded fault record.
