@@ -71,6 +71,9 @@ pub mod fid {
     pub const CONVLOG_REGISTER: u32 = VERSO_HOST_BASE + 0xE;
     /// `HOST_RECLAIM_FORCE(pfn, nr_pages)`.
     pub const HOST_RECLAIM_FORCE: u32 = VERSO_HOST_BASE + 0xF;
+    /// `DMA_FAULTS_READ` -> x1..x3 = the oldest decoded SMMU fault record and counters
+    /// (`verso::iommu::event::fault_reply`).
+    pub const DMA_FAULTS_READ: u32 = VERSO_HOST_BASE + 0x10;
 }
 
 /// `VCPU_RUN` exit reasons (x1).
@@ -125,9 +128,9 @@ pub const VERSO_ABI_VERSION: u64 = 1;
 /// SMCCC `CALL_UID` returns in w0..w3 (UUID bytes 0..15, each word little-endian).
 pub const VERSO_UID: [u32; 4] = [0xb802_a633, 0xb74f_a09f, 0x188b_aca4, 0x5ee9_eda7];
 
-/// Number of Verso host calls: `VERSO_HOST_BASE + 0 ..= + 0xF`, all implemented. Bit `n` of the
+/// Number of Verso host calls: `VERSO_HOST_BASE + 0 ..= + 0x10`, all implemented. Bit `n` of the
 /// `VERSO_ABI_VERSION` bitmap is set when `VERSO_HOST_BASE + n` is implemented.
-const HOST_CALLS: u32 = 16;
+const HOST_CALLS: u32 = 17;
 
 /// The SMCCC function IDs [`handle_host_call`] implements besides Verso's own range.
 const IMPLEMENTED_SMCCC: [u32; 3] = [
@@ -193,6 +196,11 @@ pub trait HostCallEnv {
     fn canary_checksum_now(&self) -> u64;
     /// FNV-1a 64 checksum of the canary page recorded at boot.
     fn canary_checksum_at_boot(&self) -> u64;
+    /// x1..x3 of `DMA_FAULTS_READ`: the oldest DMA fault record the SMMU reported, and counters
+    /// (`verso::iommu::event::fault_reply`). Without an SMMU: nothing recorded.
+    fn dma_fault_read(&mut self) -> [u64; 3] {
+        [0; 3]
+    }
 }
 
 /// Handles one host HVC. `regs` holds the host's x0..x17 on entry and the reply on return.
@@ -228,6 +236,10 @@ pub fn handle_host_call(regs: &mut SmcccRegs, env: &mut impl HostCallEnv) {
             regs[1] = env.canary_page().raw();
             regs[2] = env.canary_checksum_now();
             regs[3] = env.canary_checksum_at_boot();
+        }
+        fid::DMA_FAULTS_READ => {
+            regs[0] = ret::SUCCESS as u64;
+            regs[1..4].copy_from_slice(&env.dma_fault_read());
         }
         f if implemented(f) => {
             let Some((own, plat)) = env.memory() else {
@@ -426,7 +438,7 @@ mod tests {
             0x8600_0000,
             0x8600_FF00,
             0xC600_0003,
-            0xC600_8010,
+            0xC600_8011,
             0xC600_80FF,
             0x8400_0000,
             0xC400_0003,
@@ -464,7 +476,7 @@ mod tests {
             handle_host_call(&mut regs, &mut FakeEnv);
             assert_eq!(regs[0] as i64, ret::SUCCESS, "id {id:#x}");
         }
-        for id in [0xC600_8010u32, 0x8600_0000, 0xC600_0003, 0xC400_0003] {
+        for id in [0xC600_8011u32, 0x8600_0000, 0xC600_0003, 0xC400_0003] {
             let mut regs = regs_with(fid::SMCCC_ARCH_FEATURES as u64);
             regs[1] = id as u64;
             handle_host_call(&mut regs, &mut FakeEnv);
@@ -497,12 +509,20 @@ mod tests {
     }
 
     #[test]
+    fn dma_faults_read_without_smmu_reports_nothing_and_preserves_x4_up() {
+        let before = regs_with(fid::DMA_FAULTS_READ as u64);
+        let after = call(fid::DMA_FAULTS_READ as u64);
+        assert_eq!(after[..4], [0, 0, 0, 0]);
+        assert_eq!(after[4..], before[4..]);
+    }
+
+    #[test]
     fn abi_version_reports_version_and_bitmap_of_host_calls() {
         let before = regs_with(fid::VERSO_ABI_VERSION as u64);
         let after = call(fid::VERSO_ABI_VERSION as u64);
         assert_eq!(after[0], 0);
         assert_eq!(after[1], 0x0000_0001);
-        assert_eq!(after[2], 0xffff);
+        assert_eq!(after[2], 0x1_ffff);
         assert_eq!(after[3..], before[3..]);
     }
 
