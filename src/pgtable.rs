@@ -456,6 +456,29 @@ impl TablePtr {
         // component's lock, which `&mut Stage2` stands for).
         unsafe { self.0.add(i).write_volatile(v) }
     }
+
+    /// The whole table as a slice, for scans that must be fast (coalescing checks).
+    fn entries(&self) -> &[u64; ENTRIES] {
+        // SAFETY: the page is 4 KiB, aligned and accessible (see `read`). Nothing writes it while
+        // the borrow lives: the engine is its only writer and does not write during a scan, and
+        // hardware walkers never write descriptors (VTCR_EL2.HA/HD stay clear: no hardware
+        // access-flag or dirty-state updates), so plain reads are sound.
+        unsafe { &*self.0.cast::<[u64; ENTRIES]>() }
+    }
+
+    /// Fill a table no walker can reach yet with `first`, `first + step`, ... (plain stores,
+    /// vectorisable; made visible by the barrier that precedes linking the table).
+    fn fill(self, first: u64, step: u64) {
+        // SAFETY: as in `entries`; the table is not reachable by any walker and the engine holds
+        // the only pointer to it.
+        let t = unsafe { &mut *self.0.cast::<[u64; ENTRIES]>() };
+        // An induction variable and plain stores: vectorises.
+        let mut v = first;
+        for e in t.iter_mut() {
+            *e = v;
+            v = v.wrapping_add(step);
+        }
+    }
 }
 
 /// Bookkeeping of one operation: what must be invalidated, what waits for the second pass, which
@@ -528,6 +551,7 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
 
     /// Replace entry `i` (level `level`, covering from `ea`) of table `t` by `new`, following
     /// break-before-make if the table is reachable (`live`).
+    #[inline]
     fn replace(&mut self, t: TablePtr, i: usize, level: u8, ea: u64, new: u64, live: bool) {
         let old = logical(t.read(i));
         if old == new {
@@ -592,6 +616,23 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
         let size = entry_size(level);
         let first = ((s - base) >> shift(level)) as usize;
         let last = ((e - 1 - base) >> shift(level)) as usize;
+        if level == 3 {
+            if let Target::Modify { mask, bits } = *target {
+                self.modify_pages(t, base, first, last, mask, bits, live);
+                return;
+            }
+            // Pages: every entry is covered whole and none is a table.
+            for i in first..=last {
+                let ea = base + i as u64 * size;
+                let old = t.read(i);
+                if let Some(new) = target.entry(logical(old), ea, level) {
+                    if new != old {
+                        self.replace(t, i, level, ea, new, live);
+                    }
+                }
+            }
+            return;
+        }
         for i in first..=last {
             let ea = base + i as u64 * size;
             let (cs, ce) = (s.max(ea), e.min(ea + size));
@@ -627,10 +668,7 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
                 continue;
             };
             self.tables_added += 1;
-            let ct = TablePtr::new(&*self.plat, child);
-            for j in 0..ENTRIES {
-                ct.write(j, sub_entry(old, level + 1, j as u64));
-            }
+            fill_split(TablePtr::new(&*self.plat, child), old, level + 1);
             self.update(child, level + 1, ea, cs, ce, target, false);
             if let Some(merged) = uniform(&*self.plat, child, level + 1) {
                 self.free_unreachable(child, level + 1);
@@ -648,6 +686,43 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
                 t.write(i, desc);
                 self.publish = true;
             }
+        }
+    }
+
+    /// The hot loop of a state or permission change: entries `first..=last` of the page table
+    /// `t` (covering from `base`). Such a change never needs break-before-make; a permission
+    /// change is invalidated once for the span of entries it changed.
+    #[allow(clippy::too_many_arguments)]
+    fn modify_pages(
+        &mut self,
+        t: TablePtr,
+        base: u64,
+        first: usize,
+        last: usize,
+        mask: u64,
+        bits: u64,
+        live: bool,
+    ) {
+        let mut changed: Option<(usize, usize)> = None;
+        for i in first..=last {
+            let old = t.read(i);
+            // Pending entries cannot exist here: each page entry is visited once per operation.
+            if is_valid(old) {
+                let new = (old & !mask) | bits;
+                if new != old {
+                    t.write(i, new);
+                    if (old ^ new) & PERM_MASK != 0 {
+                        changed = Some(changed.map_or((i, i), |(a, _)| (a, i)));
+                    }
+                }
+            }
+        }
+        if let (Some((a, b)), true) = (changed, live) {
+            self.invalidate(
+                base + a as u64 * PAGE_SIZE,
+                (b - a + 1) as u64 * PAGE_SIZE,
+                Some(3),
+            );
         }
     }
 
@@ -669,6 +744,20 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
     }
 }
 
+/// How entry `i` of a table filled from `d0` (entry 0) differs from entry 0: valid entries
+/// advance their output address by one entry size, linear annotations their metadata by the
+/// pages of one entry, everything else is constant. Entry `i` is `d0 + i * step(d0, level)`
+/// (no carries out of the field: a table spans at most 512 entries inside an aligned parent).
+fn step(d0: u64, level: u8) -> u64 {
+    if is_valid(d0) {
+        entry_size(level)
+    } else if ann_type(d0) == TYPE_ANN_LINEAR {
+        entry_pages(level) << META_SHIFT
+    } else {
+        0
+    }
+}
+
 /// If the 512 entries of the table at `pa` (entries at `level`) are what one entry of the level
 /// above would give, that entry.
 fn uniform(mem: &impl PhysMemory, pa: PhysAddr, level: u8) -> Option<u64> {
@@ -681,18 +770,47 @@ fn uniform(mem: &impl PhysMemory, pa: PhysAddr, level: u8) -> Option<u64> {
         }
         (d0 & !0b11) | BLOCK
     } else {
+        if ann_type(d0) == TYPE_ANN_LINEAR && ann_meta(d0) + entry_pages(parent) - 1 > META_MAX {
+            return None;
+        }
         d0
     };
-    // The last entry first: a table that is not uniform usually differs there or early.
-    if logical(t.read(ENTRIES - 1)) != sub_entry(cand, level, ENTRIES as u64 - 1) {
+    let step = step(d0, level);
+    let entries = t.entries();
+    // The last entry first: a table that is not uniform usually differs there.
+    if logical(entries[ENTRIES - 1]) != d0.wrapping_add((ENTRIES as u64 - 1) * step) {
         return None;
     }
-    for i in 1..ENTRIES - 1 {
-        if logical(t.read(i)) != sub_entry(cand, level, i as u64) {
-            return None;
+    // XOR against the expected value (an induction variable) and OR the differences, with no
+    // early exit inside a stretch: vectorises, so checking a uniform table costs about as much
+    // as reading it. A short first stretch keeps the common non-uniform case cheap.
+    let differs = |from: usize, to: usize| {
+        let mut expect = d0.wrapping_add(from as u64 * step);
+        let mut acc = 0;
+        for &e in &entries[from..to] {
+            acc |= e ^ expect;
+            expect = expect.wrapping_add(step);
+        }
+        acc != 0
+    };
+    if differs(0, 64) || differs(64, ENTRIES) {
+        // Pending entries (break-before-make in progress) count as their final value.
+        let mut expect = d0;
+        for &e in entries.iter() {
+            if logical(e) != expect {
+                return None;
+            }
+            expect = expect.wrapping_add(step);
         }
     }
     Some(cand)
+}
+
+/// Fill the new table `t` (entries at `level`) with the children of entry `d` of the level
+/// above, so that the table translates exactly what `d` did.
+fn fill_split(t: TablePtr, d: u64, level: u8) {
+    let first = sub_entry(d, level, 0);
+    t.fill(first, step(first, level));
 }
 
 fn decode(d: u64, level: u8, k: u64) -> Lookup {

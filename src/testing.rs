@@ -10,7 +10,7 @@ extern crate std;
 
 use core::cell::UnsafeCell;
 use std::boxed::Box;
-use std::collections::BTreeSet;
+use std::vec;
 use std::vec::Vec;
 
 use crate::addr::{Ipa, PhysAddr, Vmid, PAGE_SIZE};
@@ -202,7 +202,9 @@ impl CacheMaintenance for FakePlatform {
 /// never handed out (both are engine bugs a test must see).
 pub struct FakeTableAllocator {
     free: Vec<PhysAddr>,
-    in_use: BTreeSet<PhysAddr>,
+    /// One flag per page of the range: handed out and not yet freed.
+    in_use: Vec<bool>,
+    outstanding: usize,
     /// First page and page count of the managed range.
     start: PhysAddr,
     pages: u64,
@@ -220,7 +222,8 @@ impl FakeTableAllocator {
         let free = (0..pages).rev().map(|i| start.add(i * PAGE_SIZE)).collect();
         Self {
             free,
-            in_use: BTreeSet::new(),
+            in_use: vec![false; pages as usize],
+            outstanding: 0,
             start,
             pages,
             allocs: 0,
@@ -231,7 +234,13 @@ impl FakeTableAllocator {
 
     /// Pages currently handed out.
     pub fn outstanding(&self) -> usize {
-        self.in_use.len()
+        self.outstanding
+    }
+
+    /// Index of `pa` in the managed range, if it is a page of it.
+    fn index(&self, pa: PhysAddr) -> Option<usize> {
+        let off = pa.raw().checked_sub(self.start.raw())?;
+        (pa.is_page_aligned() && off / PAGE_SIZE < self.pages).then_some((off / PAGE_SIZE) as usize)
     }
 
     /// Successful allocations so far.
@@ -251,7 +260,7 @@ impl FakeTableAllocator {
 
     /// True if `pa` is a page currently handed out by this allocator.
     pub fn owns(&self, pa: PhysAddr) -> bool {
-        self.in_use.contains(&pa)
+        self.index(pa).is_some_and(|i| self.in_use[i])
     }
 
     /// Keep only `n` free pages (the rest are withheld), to provoke exhaustion.
@@ -266,7 +275,9 @@ impl TableAllocator for FakeTableAllocator {
         match self.free.pop() {
             Some(pa) => {
                 self.allocs += 1;
-                self.in_use.insert(pa);
+                let i = self.index(pa).expect("free list holds only own pages");
+                self.in_use[i] = true;
+                self.outstanding += 1;
                 Some(pa)
             }
             None => {
@@ -277,12 +288,12 @@ impl TableAllocator for FakeTableAllocator {
     }
 
     fn free_table(&mut self, pa: PhysAddr) {
-        let end = self.start.add(self.pages * PAGE_SIZE);
-        assert!(
-            pa >= self.start && pa < end && pa.is_page_aligned(),
-            "free of foreign page {pa:?}"
-        );
-        assert!(self.in_use.remove(&pa), "double free of table page {pa:?}");
+        let i = self
+            .index(pa)
+            .unwrap_or_else(|| panic!("free of foreign page {pa:?}"));
+        assert!(self.in_use[i], "double free of table page {pa:?}");
+        self.in_use[i] = false;
+        self.outstanding -= 1;
         self.frees += 1;
         self.free.push(pa);
     }
