@@ -4,6 +4,8 @@
 #   ./qemu-run.sh              build the release images and boot the demo host kernel under Verso
 #   ./qemu-run.sh test         cargo test of the core, then every QEMU suite (table below); ends with
 #                              one line "N passed, N failed" over everything; non-zero on any failure
+#   ./qemu-run.sh bench        instruction counts (-icount shift=0) of hypercalls, vCPU round trips,
+#                              in-place conversion vs a bounce-buffer copy; prints a table, writes CSV
 #   ./qemu-run.sh --gdb [K]    boot payload K (default: demo) with QEMU halted, waiting for gdb on :1234
 #
 # Both modes set themselves up first: the Rust targets and llvm-tools for the pinned toolchain, and
@@ -28,13 +30,23 @@ PAYLOAD_ADDR=0x44000000
 # Bootargs Verso itself consumes (it strips every verso.* word before the host sees them).
 HYP_ARGS=${VERSO_ARGS:-verso.log=info}
 
+# Where a host-role kernel that runs VMs finds the guest-role image (tests/kernels/src/vmm.rs):
+# QEMU loads it into host RAM and the host donates those very pages to the VM.
+GUEST_ADDR=0x50000000
+
 # The QEMU suites, one per line: name, payload (a tests/kernels binary), CPUs, the payload's own
-# bootargs, timeout in seconds. Adding a suite is adding a line.
+# bootargs, timeout in seconds, and the guest image QEMU loads at GUEST_ADDR ("-" for none).
+# Adding a suite is adding a line.
 SUITES=(
-  "host        host-suite   4   suite=host   60"
+  "host        host-suite   4   suite=host   60   -"
+  "vm          vm-suite     4   suite=vm     120  guest-worker"
 )
 # Payloads built besides the suites'.
-EXTRA_PAYLOADS=(demo)
+EXTRA_PAYLOADS=(demo vm-bench guest-worker)
+# The benchmark: host payload, guest image, and where its CSV goes.
+BENCH_PAYLOAD=vm-bench
+BENCH_GUEST=guest-worker
+BENCH_CSV=$OUT/bench.csv
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'qemu-run.sh: %s\n' "$*" >&2; exit 1; }
@@ -122,10 +134,13 @@ objcopy_path() {
 }
 
 payloads() {
-  local line
+  local line payload guest
   for line in "${SUITES[@]}"; do
-    read -r _ payload _ <<<"$line"
+    read -r _ payload _ _ _ guest <<<"$line"
     printf '%s\n' "$payload"
+    if [ -n "$guest" ] && [ "$guest" != - ]; then
+      printf '%s\n' "$guest"
+    fi
   done
   printf '%s\n' "${EXTRA_PAYLOADS[@]}"
 }
@@ -150,15 +165,19 @@ build() {
 # ---------------------------------------------------------------------------------------------
 # Run
 
-# qemu_cmd PAYLOAD CPUS "PAYLOAD BOOTARGS": prints nothing, fills the QEMU_CMD array.
+# qemu_cmd PAYLOAD CPUS "PAYLOAD BOOTARGS" [GUEST]: prints nothing, fills the QEMU_CMD array.
+# GUEST (a guest-role binary, or "-"/empty for none) is loaded at GUEST_ADDR.
 qemu_cmd() {
   QEMU_CMD=(
     "$QEMU" -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max -smp "$2" -m 1G
     -nographic -semihosting -nic none
     -kernel "$HYP_ELF"
     -device "loader,file=$OUT/$1.bin,addr=$PAYLOAD_ADDR,force-raw=on"
-    -append "$HYP_ARGS $3"
   )
+  if [ -n "${4:-}" ] && [ "$4" != - ]; then
+    QEMU_CMD+=(-device "loader,file=$OUT/$4.bin,addr=$GUEST_ADDR,force-raw=on")
+  fi
+  QEMU_CMD+=(-append "$HYP_ARGS $3")
 }
 
 # The QEMU command as one line a reader can paste (arguments with spaces quoted).
@@ -174,7 +193,7 @@ shown_cmd() {
 }
 
 run_demo() {
-  qemu_cmd demo 4 ""
+  qemu_cmd demo 4 "" guest-worker
   say "== boot: timeout 60 $(shown_cmd)"
   local rc=0
   timeout 60 "${QEMU_CMD[@]}" </dev/null || rc=$?
@@ -223,10 +242,10 @@ run_cargo_test() {
   fi
 }
 
-# run_suite NAME PAYLOAD CPUS BOOTARGS TIMEOUT
+# run_suite NAME PAYLOAD CPUS BOOTARGS TIMEOUT GUEST
 run_suite() {
-  local name=$1 payload=$2 cpus=$3 args=$4 limit=$5
-  qemu_cmd "$payload" "$cpus" "$args"
+  local name=$1 payload=$2 cpus=$3 args=$4 limit=$5 guest=${6:--}
+  qemu_cmd "$payload" "$cpus" "$args" "$guest"
   say "== suite $name: timeout $limit $(shown_cmd)"
   local log rc=0
   log=$(mktemp)
@@ -260,16 +279,16 @@ run_suite() {
 
 run_tests() {
   run_cargo_test
-  local line name payload cpus args limit built=yes
+  local line name payload cpus args limit guest built=yes
   if ! build; then
     say "FAIL: build of the release images"
     FAILED=$((FAILED + 1))
     built=no
   fi
   for line in "${SUITES[@]}"; do
-    read -r name payload cpus args limit <<<"$line"
+    read -r name payload cpus args limit guest <<<"$line"
     if [ "$built" = yes ]; then
-      run_suite "$name" "$payload" "$cpus" "$args" "$limit"
+      run_suite "$name" "$payload" "$cpus" "$args" "$limit" "$guest"
     else
       say "FAIL: suite $name (not run: the build failed)"
       FAILED=$((FAILED + 1))
@@ -277,6 +296,36 @@ run_tests() {
   done
   say "$PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
+}
+
+# The benchmark: one CPU (so the instruction count is one CPU's), -icount shift=0 (the virtual
+# counter advances 1 ns per instruction, deterministically), hyp logging off (its UART lines would
+# be counted). The kernel prints a table and "CSV: " rows; the rows also go to BENCH_CSV.
+run_bench() {
+  qemu_cmd "$BENCH_PAYLOAD" 1 "bench" "$BENCH_GUEST"
+  local i
+  for i in "${!QEMU_CMD[@]}"; do
+    case ${QEMU_CMD[$i]} in
+      "$HYP_ARGS "*) QEMU_CMD[$i]="verso.log=off bench" ;;
+    esac
+  done
+  QEMU_CMD+=(-icount shift=0)
+  say "== bench: timeout 300 $(shown_cmd)"
+  local log rc=0
+  log=$(mktemp)
+  timeout 300 "${QEMU_CMD[@]}" </dev/null >"$log" 2>&1 || rc=$?
+  tr -d '\r' <"$log" >"$log.clean"
+  grep -v '^CSV: ' "$log.clean" || true
+  {
+    printf 'operation,pages,instructions_per_op,instructions_per_page\n'
+    sed -n 's/^CSV: //p' "$log.clean"
+  } >"$BENCH_CSV"
+  local rows
+  rows=$(grep -c '^CSV: ' "$log.clean" || true)
+  rm -f "$log" "$log.clean"
+  [ "$rc" -eq 0 ] || die "bench failed: QEMU exited with status $rc"
+  [ "$rows" -gt 0 ] || die "bench printed no rows"
+  say "== bench: $rows rows written to $BENCH_CSV"
 }
 
 case "${1:-}" in
@@ -289,13 +338,18 @@ case "${1:-}" in
     setup
     run_tests
     ;;
+  bench)
+    setup
+    build
+    run_bench
+    ;;
   --gdb)
     setup
     build
     run_gdb "${2:-}"
     ;;
   -h | --help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown mode '$1' (try --help)"

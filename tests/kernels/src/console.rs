@@ -41,7 +41,9 @@ impl Pl011 {
         unsafe {
             while POLL_FLAGS.load(Ordering::Relaxed)
                 && core::ptr::read_volatile((self.0 + UARTFR) as *const u32) & UARTFR_TXFF != 0
-            {}
+            {
+                core::hint::spin_loop();
+            }
             core::ptr::write_volatile((self.0 + UARTDR) as *mut u32, u32::from(byte));
         }
     }

@@ -491,7 +491,15 @@ impl Vm {
         let r = call_ok(
             "VCPU_RUN",
             id::VCPU_RUN,
-            &[self.handle, 0, flags, values[0], values[1], values[2], values[3]],
+            &[
+                self.handle,
+                0,
+                flags,
+                values[0],
+                values[1],
+                values[2],
+                values[3],
+            ],
         )?;
         let mut detail = [0; 6];
         detail.copy_from_slice(&r[2..8]);
@@ -577,7 +585,13 @@ impl Vm {
     ///
     /// # Errors
     /// As [`Vm::command`].
-    pub fn guest_call(&mut self, function: u64, x1: u64, x2: u64, x3: u64) -> Result<[u64; 3], Failure> {
+    pub fn guest_call(
+        &mut self,
+        function: u64,
+        x1: u64,
+        x2: u64,
+        x3: u64,
+    ) -> Result<[u64; 3], Failure> {
         self.command(cmd::CALL, [function | x3 << 32, x1, x2])
     }
 
@@ -613,7 +627,11 @@ impl Vm {
     /// As [`Vm::command`] (the outer error).
     pub fn guest_read(&mut self, ipa: u64) -> Result<Result<u64, (u64, u64)>, Failure> {
         let r = self.command(cmd::READ, [ipa, 0, 0])?;
-        Ok(if r[0] == 0 { Ok(r[1]) } else { Err((r[1], r[2])) })
+        Ok(if r[0] == 0 {
+            Ok(r[1])
+        } else {
+            Err((r[1], r[2]))
+        })
     }
 
     /// Starts teardown, reclaims every donated page, finalizes, and checks that every page the
@@ -641,7 +659,11 @@ impl Vm {
                 );
             }
         }
-        call_ok("VM_FINALIZE_TEARDOWN", id::VM_FINALIZE_TEARDOWN, &[self.handle])?;
+        call_ok(
+            "VM_FINALIZE_TEARDOWN",
+            id::VM_FINALIZE_TEARDOWN,
+            &[self.handle],
+        )?;
         for r in self
             .regions
             .iter()

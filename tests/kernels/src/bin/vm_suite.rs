@@ -9,14 +9,16 @@
 #![no_std]
 #![no_main]
 
-use verso_test_kernels::exception::{probe_read_u64, probe_write_u64, Fault, EC_DATA_ABORT_SAME_EL};
+use verso_test_kernels::exception::{
+    probe_read_u64, probe_write_u64, Fault, EC_DATA_ABORT_SAME_EL,
+};
 use verso_test_kernels::harness::{run_suite, Failure, Test, TestResult};
 use verso_test_kernels::mailbox::{
     self, cmd, guest_call as gc, hvc_holding_vregs, pattern, VRegs, MAILBOX,
 };
 use verso_test_kernels::vmm::{
-    self, alloc_pages, call_ok, call_status, exit, expect_status, first_nonzero, id, read,
-    status, write, Vm, GUEST_IMAGE_PA, PAGE, RUN_COMPLETE, VM_CREATE_PAGES,
+    self, alloc_pages, call_ok, call_status, exit, expect_status, first_nonzero, id, read, status,
+    write, Vm, GUEST_IMAGE_PA, PAGE, RUN_COMPLETE, VM_CREATE_PAGES,
 };
 use verso_test_kernels::{ensure, fail, println};
 
@@ -83,8 +85,14 @@ static TESTS: &[Test] = tests![
 
 /// Checks an abort injected into the host for an access to `pa`.
 fn check_host_abort(f: Fault, write: bool, pa: u64) -> TestResult {
-    ensure!(f.ec() == EC_DATA_ABORT_SAME_EL, "expected a data abort, got {f}");
-    ensure!(f.is_translation_fault(), "expected a translation fault, got {f}");
+    ensure!(
+        f.ec() == EC_DATA_ABORT_SAME_EL,
+        "expected a data abort, got {f}"
+    );
+    ensure!(
+        f.is_translation_fault(),
+        "expected a translation fault, got {f}"
+    );
     ensure!(f.wnr() == write, "WnR should be {}: {f}", write as u8);
     ensure!(f.far == pa, "FAR should be {pa:#x}: {f}");
     Ok(())
@@ -142,12 +150,22 @@ fn convert_ok(vm: &mut Vm, function: u64, ipa: u64, pages: u64) -> TestResult {
         x0 as i64
     );
     let want = pages.max(1);
-    ensure!(x1 == want, "guest call {function:#x}: x1 = {x1}, expected {want}");
+    ensure!(
+        x1 == want,
+        "guest call {function:#x}: x1 = {x1}, expected {want}"
+    );
     Ok(())
 }
 
 /// A guest call that must be refused with INVALID_PARAMETER.
-fn convert_invalid(vm: &mut Vm, what: &str, function: u64, ipa: u64, pages: u64, x3: u64) -> TestResult {
+fn convert_invalid(
+    vm: &mut Vm,
+    what: &str,
+    function: u64,
+    ipa: u64,
+    pages: u64,
+    x3: u64,
+) -> TestResult {
     let r = vm.guest_call(function, ipa, pages, x3)?;
     ensure!(
         r[0] == gc::INVALID_PARAMETER,
@@ -183,7 +201,10 @@ impl ConvLog {
         let magic = read(pa) & 0xffff_ffff;
         let version = read(pa) >> 32;
         let capacity = read(pa + 8) & 0xffff_ffff;
-        ensure!(magic == LOG_MAGIC, "log magic {magic:#x}, expected {LOG_MAGIC:#x}");
+        ensure!(
+            magic == LOG_MAGIC,
+            "log magic {magic:#x}, expected {LOG_MAGIC:#x}"
+        );
         ensure!(version == 1, "log version {version}");
         let fits = (pages * PAGE - 64) / 32;
         ensure!(
@@ -207,7 +228,12 @@ impl ConvLog {
     /// Entry `seq`: (seq, ipa, pages, state).
     fn entry(&self, seq: u64) -> (u64, u64, u64, u64) {
         let e = self.pa + 64 + (seq % self.capacity) * 32;
-        (read(e), read(e + 8), read(e + 16), read(e + 24) & 0xffff_ffff)
+        (
+            read(e),
+            read(e + 8),
+            read(e + 16),
+            read(e + 24) & 0xffff_ffff,
+        )
     }
     fn expect_entry(&self, seq: u64, ipa: u64, pages: u64, state: u64) -> TestResult {
         let got = self.entry(seq);
@@ -257,14 +283,23 @@ fn guest_smccc_version_uid_and_features_match_kvm() -> TestResult {
         gc::KVM_FEATURES_BITMAP
     );
     let r = vm.guest_call(0x8000_0001, gc::MEM_SHARE, 0, 0)?;
-    ensure!(r[0] == 0, "SMCCC_ARCH_FEATURES(MEM_SHARE) = {}", r[0] as i64);
+    ensure!(
+        r[0] == 0,
+        "SMCCC_ARCH_FEATURES(MEM_SHARE) = {}",
+        r[0] as i64
+    );
     Ok(())
 }
 
 fn guest_hyp_meminfo_reports_4k_granule_and_range_abi() -> TestResult {
     let mut vm = Vm::boot(2)?;
     let r = vm.guest_call(gc::HYP_MEMINFO, 0, 0, 0)?;
-    ensure!(r[0] == 4096 && r[1] == 1, "HYP_MEMINFO = ({:#x}, {:#x})", r[0], r[1]);
+    ensure!(
+        r[0] == 4096 && r[1] == 1,
+        "HYP_MEMINFO = ({:#x}, {:#x})",
+        r[0],
+        r[1]
+    );
     Ok(())
 }
 
@@ -318,9 +353,15 @@ fn mem_unshare_revokes_host_access_at_once_and_guest_keeps_data() -> TestResult 
     host_denied(pa + 64)?;
     host_denied(pa)?;
     let r = vm.guest_read(DATA_IPA + 64)?;
-    ensure!(r == Ok(pattern(0x55, DATA_IPA + 64)), "guest lost the host's write: {r:#x?}");
+    ensure!(
+        r == Ok(pattern(0x55, DATA_IPA + 64)),
+        "guest lost the host's write: {r:#x?}"
+    );
     let r = vm.guest_read(DATA_IPA + 128)?;
-    ensure!(r == Ok(pattern(0x44, DATA_IPA + 128)), "guest lost its data: {r:#x?}");
+    ensure!(
+        r == Ok(pattern(0x44, DATA_IPA + 128)),
+        "guest lost its data: {r:#x?}"
+    );
     vm.teardown()
 }
 
@@ -404,7 +445,10 @@ fn mem_share_of_ipa_without_memory_exits_to_host() -> TestResult {
     vm.donate_at(pa, HOLE_IPA, 1)?;
     let e = vm.run(0, [0; 4])?;
     let r = Vm::reply_of(cmd::CALL, e)?;
-    ensure!(r[0] == 0 && r[1] == 1, "re-executed MEM_SHARE replied {r:#x?}");
+    ensure!(
+        r[0] == 0 && r[1] == 1,
+        "re-executed MEM_SHARE replied {r:#x?}"
+    );
     ensure!(host_reads(pa)? == 0x600d, "shared page lost its content");
     convert_ok(&mut vm, gc::MEM_UNSHARE, HOLE_IPA, 1)?;
     vm.teardown()
@@ -417,30 +461,104 @@ fn illegal_guest_calls_are_invalid_and_change_nothing() -> TestResult {
     convert_ok(&mut vm, gc::MEM_SHARE, DATA_IPA, 1)?;
     let head = log.head();
     // Share twice: the page stays shared (the host still reads it).
-    convert_invalid(&mut vm, "share of a shared page", gc::MEM_SHARE, DATA_IPA, 1, 0)?;
+    convert_invalid(
+        &mut vm,
+        "share of a shared page",
+        gc::MEM_SHARE,
+        DATA_IPA,
+        1,
+        0,
+    )?;
     host_sees_pattern(pa, DATA_IPA, 1, 0x99)?;
     // A range that is partly shared: nothing of it converts.
-    convert_invalid(&mut vm, "share of a partly shared range", gc::MEM_SHARE, DATA_IPA, 2, 0)?;
+    convert_invalid(
+        &mut vm,
+        "share of a partly shared range",
+        gc::MEM_SHARE,
+        DATA_IPA,
+        2,
+        0,
+    )?;
     host_denied(pa + PAGE)?;
     // Unshare of a private page, and of a range that is only partly shared.
-    convert_invalid(&mut vm, "unshare of a private page", gc::MEM_UNSHARE, DATA_IPA + PAGE, 1, 0)?;
-    convert_invalid(&mut vm, "unshare of a partly shared range", gc::MEM_UNSHARE, DATA_IPA, 2, 0)?;
+    convert_invalid(
+        &mut vm,
+        "unshare of a private page",
+        gc::MEM_UNSHARE,
+        DATA_IPA + PAGE,
+        1,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "unshare of a partly shared range",
+        gc::MEM_UNSHARE,
+        DATA_IPA,
+        2,
+        0,
+    )?;
     host_sees_pattern(pa, DATA_IPA, 1, 0x99)?;
     host_denied(pa + PAGE)?;
     // Malformed arguments.
-    convert_invalid(&mut vm, "unaligned IPA", gc::MEM_SHARE, DATA_IPA + PAGE + 8, 1, 0)?;
-    convert_invalid(&mut vm, "IPA beyond the IPA space", gc::MEM_SHARE, 1 << 56, 1, 0)?;
-    convert_invalid(&mut vm, "overflowing range", gc::MEM_SHARE, u64::MAX & !(PAGE - 1), 2, 0)?;
-    convert_invalid(&mut vm, "huge count", gc::MEM_SHARE, DATA_IPA + PAGE, u64::MAX, 0)?;
+    convert_invalid(
+        &mut vm,
+        "unaligned IPA",
+        gc::MEM_SHARE,
+        DATA_IPA + PAGE + 8,
+        1,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "IPA beyond the IPA space",
+        gc::MEM_SHARE,
+        1 << 56,
+        1,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "overflowing range",
+        gc::MEM_SHARE,
+        !(PAGE - 1),
+        2,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "huge count",
+        gc::MEM_SHARE,
+        DATA_IPA + PAGE,
+        u64::MAX,
+        0,
+    )?;
     convert_invalid(&mut vm, "x3 != 0", gc::MEM_SHARE, DATA_IPA + PAGE, 1, 1)?;
-    convert_invalid(&mut vm, "range running past the memory", gc::MEM_SHARE, DATA_IPA + PAGE, 8, 0)?;
-    convert_invalid(&mut vm, "relinquish beyond the IPA space", gc::MEM_RELINQUISH, 1 << 56, 1, 0)?;
+    convert_invalid(
+        &mut vm,
+        "range running past the memory",
+        gc::MEM_SHARE,
+        DATA_IPA + PAGE,
+        8,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "relinquish beyond the IPA space",
+        gc::MEM_RELINQUISH,
+        1 << 56,
+        1,
+        0,
+    )?;
     // Nothing changed: still private, same content, no conversion logged.
     for p in 1..4 {
         host_denied(pa + p * PAGE)?;
     }
     vm.check(DATA_IPA, 4, 0x99)?;
-    ensure!(log.head() == head, "log head moved from {head} to {}", log.head());
+    ensure!(
+        log.head() == head,
+        "log head moved from {head} to {}",
+        log.head()
+    );
     ensure!(log.dropped() == 0, "log dropped {}", log.dropped());
     convert_ok(&mut vm, gc::MEM_UNSHARE, DATA_IPA, 1)?;
     vm.teardown()
@@ -450,7 +568,14 @@ fn relinquish_of_a_shared_page_is_invalid_and_changes_nothing() -> TestResult {
     let (mut vm, pa) = vm_with_data(11, DATA_IPA, 1, PAGE)?;
     vm.fill(DATA_IPA, 1, 0xaa)?;
     convert_ok(&mut vm, gc::MEM_SHARE, DATA_IPA, 1)?;
-    convert_invalid(&mut vm, "relinquish of a shared page", gc::MEM_RELINQUISH, DATA_IPA, 1, 0)?;
+    convert_invalid(
+        &mut vm,
+        "relinquish of a shared page",
+        gc::MEM_RELINQUISH,
+        DATA_IPA,
+        1,
+        0,
+    )?;
     // Still shared, still the guest's data, on both sides.
     host_sees_pattern(pa, DATA_IPA, 1, 0xaa)?;
     vm.check(DATA_IPA, 1, 0xaa)?;
@@ -465,19 +590,30 @@ fn relinquish_of_a_shared_page_is_invalid_and_changes_nothing() -> TestResult {
 fn conversion_log_holds_every_conversion_in_order() -> TestResult {
     let (mut vm, _pa) = vm_with_data(12, DATA_IPA, 16, PAGE)?;
     let log = ConvLog::register(&vm, 1)?;
-    ensure!(log.head() == 0 && log.tail() == 0 && log.dropped() == 0, "fresh log not empty");
+    ensure!(
+        log.head() == 0 && log.tail() == 0 && log.dropped() == 0,
+        "fresh log not empty"
+    );
     let steps: [(u64, u64, u64, u64); 6] = [
         (gc::MEM_SHARE, DATA_IPA, 1, LOG_SHARED),
         (gc::MEM_SHARE, DATA_IPA + 4 * PAGE, 8, LOG_SHARED),
         (gc::MEM_UNSHARE, DATA_IPA, 1, LOG_PRIVATE),
         (gc::MEM_UNSHARE, DATA_IPA + 4 * PAGE, 8, LOG_PRIVATE),
-        (gc::MEM_RELINQUISH, DATA_IPA + 15 * PAGE, 1, LOG_RELINQUISHED),
+        (
+            gc::MEM_RELINQUISH,
+            DATA_IPA + 15 * PAGE,
+            1,
+            LOG_RELINQUISHED,
+        ),
         (gc::MEM_SHARE, DATA_IPA + 2 * PAGE, 0, LOG_SHARED),
     ];
     for (i, &(f, ipa, pages, _)) in steps.iter().enumerate() {
         convert_ok(&mut vm, f, ipa, pages)?;
         let head = log.head();
-        ensure!(head == i as u64 + 1, "after conversion {i}, log head = {head}");
+        ensure!(
+            head == i as u64 + 1,
+            "after conversion {i}, log head = {head}"
+        );
     }
     for (i, &(_, ipa, pages, state)) in steps.iter().enumerate() {
         log.expect_entry(i as u64, ipa, pages.max(1), state)?;
@@ -495,7 +631,11 @@ fn conversion_log_overflow_is_flagged_not_lost() -> TestResult {
     let r = vm.command(cmd::CONVERT_LOOP, [DATA_IPA, conversions / 2, 0])?;
     ensure!(r[0] == 0, "conversion loop stopped: {r:#x?}");
     // The guest was never blocked; the log is full and says how much it dropped.
-    ensure!(log.head() == cap, "head {} with capacity {cap} and no consumer", log.head());
+    ensure!(
+        log.head() == cap,
+        "head {} with capacity {cap} and no consumer",
+        log.head()
+    );
     ensure!(
         log.dropped() == conversions - cap,
         "dropped = {}, expected {}",
@@ -503,13 +643,21 @@ fn conversion_log_overflow_is_flagged_not_lost() -> TestResult {
         conversions - cap
     );
     for seq in 0..cap {
-        let state = if seq % 2 == 0 { LOG_SHARED } else { LOG_PRIVATE };
+        let state = if seq % 2 == 0 {
+            LOG_SHARED
+        } else {
+            LOG_PRIVATE
+        };
         log.expect_entry(seq, DATA_IPA, 1, state)?;
     }
     // Once the host consumes, logging resumes where it stopped.
     log.set_tail(cap);
     convert_ok(&mut vm, gc::MEM_SHARE, DATA_IPA, 1)?;
-    ensure!(log.head() == cap + 1, "head after consuming: {}", log.head());
+    ensure!(
+        log.head() == cap + 1,
+        "head after consuming: {}",
+        log.head()
+    );
     log.expect_entry(cap, DATA_IPA, 1, LOG_SHARED)?;
     convert_ok(&mut vm, gc::MEM_UNSHARE, DATA_IPA, 1)?;
     vm.teardown()
@@ -527,14 +675,39 @@ fn two_vms_cannot_touch_each_others_pages() -> TestResult {
     a.check(DATA_IPA, 2, 0xa1)?;
     b.check(DATA_IPA, 2, 0xb2)?;
     // A's private page cannot go to B, neither donated nor shared.
-    expect_status("donate A's page to B", id::HOST_DONATE_GUEST, &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE], status::PERM)?;
-    expect_status("share A's page with B", id::HOST_SHARE_GUEST, &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE, 3], status::PERM)?;
+    expect_status(
+        "donate A's page to B",
+        id::HOST_DONATE_GUEST,
+        &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE],
+        status::PERM,
+    )?;
+    expect_status(
+        "share A's page with B",
+        id::HOST_SHARE_GUEST,
+        &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE, 3],
+        status::PERM,
+    )?;
     // Nor once A shares it with the host.
     convert_ok(&mut a, gc::MEM_SHARE, DATA_IPA, 1)?;
-    expect_status("donate A's shared page to B", id::HOST_DONATE_GUEST, &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE], status::PERM)?;
-    expect_status("share A's shared page with B", id::HOST_SHARE_GUEST, &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE, 3], status::PERM)?;
+    expect_status(
+        "donate A's shared page to B",
+        id::HOST_DONATE_GUEST,
+        &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE],
+        status::PERM,
+    )?;
+    expect_status(
+        "share A's shared page with B",
+        id::HOST_SHARE_GUEST,
+        &[pa_a / PAGE, 1, b.handle, HOLE_IPA / PAGE, 3],
+        status::PERM,
+    )?;
     // B cannot unshare or reclaim what is A's.
-    expect_status("B unshares A's page", id::HOST_UNSHARE_GUEST, &[b.handle, DATA_IPA / PAGE, 1], status::PERM)?;
+    expect_status(
+        "B unshares A's page",
+        id::HOST_UNSHARE_GUEST,
+        &[b.handle, DATA_IPA / PAGE, 1],
+        status::PERM,
+    )?;
     host_sees_pattern(pa_a, DATA_IPA, 1, 0xa1)?;
     host_denied(pa_b)?;
     convert_ok(&mut a, gc::MEM_UNSHARE, DATA_IPA, 1)?;
@@ -551,12 +724,27 @@ fn same_page_cannot_be_donated_twice() -> TestResult {
     let (mut a, pa) = vm_with_data(16, DATA_IPA, 1, PAGE)?;
     let mut b = Vm::boot(17)?;
     a.fill(DATA_IPA, 1, 0xc3)?;
-    expect_status("donate the page again, same VM", id::HOST_DONATE_GUEST, &[pa / PAGE, 1, a.handle, HOLE_IPA / PAGE], status::PERM)?;
-    expect_status("donate the page again, other VM", id::HOST_DONATE_GUEST, &[pa / PAGE, 1, b.handle, DATA_IPA / PAGE], status::PERM)?;
+    expect_status(
+        "donate the page again, same VM",
+        id::HOST_DONATE_GUEST,
+        &[pa / PAGE, 1, a.handle, HOLE_IPA / PAGE],
+        status::PERM,
+    )?;
+    expect_status(
+        "donate the page again, other VM",
+        id::HOST_DONATE_GUEST,
+        &[pa / PAGE, 1, b.handle, DATA_IPA / PAGE],
+        status::PERM,
+    )?;
     // Another page at an IPA that already has one.
     let other = alloc_pages(1, PAGE)?;
     write(other, 0x0123);
-    expect_status("donate at an occupied IPA", id::HOST_DONATE_GUEST, &[other / PAGE, 1, a.handle, DATA_IPA / PAGE], status::PERM)?;
+    expect_status(
+        "donate at an occupied IPA",
+        id::HOST_DONATE_GUEST,
+        &[other / PAGE, 1, a.handle, DATA_IPA / PAGE],
+        status::PERM,
+    )?;
     ensure!(host_reads(other)? == 0x0123, "refused page changed");
     a.check(DATA_IPA, 1, 0xc3)?;
     host_denied(pa)?;
@@ -575,18 +763,78 @@ fn illegal_host_donations_are_refused_and_change_nothing() -> TestResult {
     write(mine, 0xfeed);
     let gfn = HOLE_IPA / PAGE;
     let cases: [(&str, u64, [u64; 5], i64); 12] = [
-        ("donate hyp memory", id::HOST_DONATE_GUEST, [HYP_BASE / PAGE, 1, h, gfn, 0], status::PERM),
-        ("donate MMIO", id::HOST_DONATE_GUEST, [UART_PA / PAGE, 1, h, gfn, 0], status::RANGE),
-        ("donate zero pages", id::HOST_DONATE_GUEST, [mine / PAGE, 0, h, gfn, 0], status::INVALID),
-        ("donate an overflowing range", id::HOST_DONATE_GUEST, [u64::MAX >> 12, 2, h, gfn, 0], status::RANGE),
-        ("donate beyond the IPA space", id::HOST_DONATE_GUEST, [mine / PAGE, 1, h, 1 << 44, 0], status::RANGE),
-        ("donate to no VM", id::HOST_DONATE_GUEST, [mine / PAGE, 1, BOGUS_HANDLE, gfn, 0], status::NOT_FOUND),
-        ("donate a range ending in hyp memory", id::HOST_DONATE_GUEST, [HYP_BASE / PAGE - 1, 2, h, gfn, 0], status::PERM),
-        ("share hyp memory", id::HOST_SHARE_GUEST, [HYP_BASE / PAGE, 1, h, gfn, 3], status::PERM),
-        ("share with bad prot", id::HOST_SHARE_GUEST, [mine / PAGE, 1, h, gfn, 8], status::INVALID),
-        ("share the guest's own page back", id::HOST_SHARE_GUEST, [pa / PAGE, 1, h, gfn, 3], status::PERM),
-        ("unshare what the host never shared", id::HOST_UNSHARE_GUEST, [h, DATA_IPA / PAGE, 1, 0, 0], status::PERM),
-        ("top up with hyp memory", id::MEMCACHE_TOPUP, [h, HYP_BASE / PAGE, 1, 0, 0], status::PERM),
+        (
+            "donate hyp memory",
+            id::HOST_DONATE_GUEST,
+            [HYP_BASE / PAGE, 1, h, gfn, 0],
+            status::PERM,
+        ),
+        (
+            "donate MMIO",
+            id::HOST_DONATE_GUEST,
+            [UART_PA / PAGE, 1, h, gfn, 0],
+            status::RANGE,
+        ),
+        (
+            "donate zero pages",
+            id::HOST_DONATE_GUEST,
+            [mine / PAGE, 0, h, gfn, 0],
+            status::INVALID,
+        ),
+        (
+            "donate an overflowing range",
+            id::HOST_DONATE_GUEST,
+            [u64::MAX >> 12, 2, h, gfn, 0],
+            status::RANGE,
+        ),
+        (
+            "donate beyond the IPA space",
+            id::HOST_DONATE_GUEST,
+            [mine / PAGE, 1, h, 1 << 44, 0],
+            status::RANGE,
+        ),
+        (
+            "donate to no VM",
+            id::HOST_DONATE_GUEST,
+            [mine / PAGE, 1, BOGUS_HANDLE, gfn, 0],
+            status::NOT_FOUND,
+        ),
+        (
+            "donate a range ending in hyp memory",
+            id::HOST_DONATE_GUEST,
+            [HYP_BASE / PAGE - 1, 2, h, gfn, 0],
+            status::PERM,
+        ),
+        (
+            "share hyp memory",
+            id::HOST_SHARE_GUEST,
+            [HYP_BASE / PAGE, 1, h, gfn, 3],
+            status::PERM,
+        ),
+        (
+            "share with bad prot",
+            id::HOST_SHARE_GUEST,
+            [mine / PAGE, 1, h, gfn, 8],
+            status::INVALID,
+        ),
+        (
+            "share the guest's own page back",
+            id::HOST_SHARE_GUEST,
+            [pa / PAGE, 1, h, gfn, 3],
+            status::PERM,
+        ),
+        (
+            "unshare what the host never shared",
+            id::HOST_UNSHARE_GUEST,
+            [h, DATA_IPA / PAGE, 1, 0, 0],
+            status::PERM,
+        ),
+        (
+            "top up with hyp memory",
+            id::MEMCACHE_TOPUP,
+            [h, HYP_BASE / PAGE, 1, 0, 0],
+            status::PERM,
+        ),
     ];
     for (what, f, args, want) in cases {
         expect_status(what, f, &args, want)?;
@@ -597,7 +845,10 @@ fn illegal_host_donations_are_refused_and_change_nothing() -> TestResult {
     host_denied(pa)?;
     vm.check(DATA_IPA, 1, 0xd4)?;
     let e = vm.send(cmd::READ, [HOLE_IPA, 0, 0])?;
-    ensure!(e.reason == exit::NO_MEMORY, "a refused donation left memory at HOLE_IPA: {e}");
+    ensure!(
+        e.reason == exit::NO_MEMORY,
+        "a refused donation left memory at HOLE_IPA: {e}"
+    );
     drop(vm);
     Ok(())
 }
@@ -606,7 +857,11 @@ fn host_share_guest_lends_a_page_and_read_only_is_enforced() -> TestResult {
     let mut vm = Vm::boot(19)?;
     let ring = alloc_pages(1, PAGE)?;
     write(ring, 0xabcd);
-    call_ok("HOST_SHARE_GUEST", id::HOST_SHARE_GUEST, &[ring / PAGE, 1, vm.handle, HOLE_IPA / PAGE, 1])?;
+    call_ok(
+        "HOST_SHARE_GUEST",
+        id::HOST_SHARE_GUEST,
+        &[ring / PAGE, 1, vm.handle, HOLE_IPA / PAGE, 1],
+    )?;
     // Borrowed, not donated: the host keeps access.
     ensure!(host_reads(ring)? == 0xabcd, "host lost its lent page");
     let r = vm.guest_read(HOLE_IPA)?;
@@ -614,26 +869,64 @@ fn host_share_guest_lends_a_page_and_read_only_is_enforced() -> TestResult {
     // Read-only for the guest: a store gets an abort injected (perhaps reported as an exit).
     let mut e = vm.send(cmd::WRITE, [HOLE_IPA + 8, 0x666, 0])?;
     if e.reason == exit::GUEST_ABORT {
-        ensure!(e.detail[0] & !(PAGE - 1) == HOLE_IPA, "guest-abort exit at {:#x}", e.detail[0]);
+        ensure!(
+            e.detail[0] & !(PAGE - 1) == HOLE_IPA,
+            "guest-abort exit at {:#x}",
+            e.detail[0]
+        );
         e = vm.run(0, [0; 4])?;
     }
     let r = Vm::reply_of(cmd::WRITE, e)?;
     ensure!(r[0] == 1, "guest store to a read-only lent page succeeded");
-    let f = Fault { esr: r[1], far: r[2], elr: 0 };
-    ensure!(f.ec() == EC_DATA_ABORT_SAME_EL && f.wnr() && f.far == HOLE_IPA + 8, "guest got {f}");
+    let f = Fault {
+        esr: r[1],
+        far: r[2],
+        elr: 0,
+    };
+    ensure!(
+        f.ec() == EC_DATA_ABORT_SAME_EL && f.wnr() && f.far == HOLE_IPA + 8,
+        "guest got {f}"
+    );
     ensure!(read(ring + 8) == 0, "the refused store landed");
-    call_ok("HOST_UNSHARE_GUEST", id::HOST_UNSHARE_GUEST, &[vm.handle, HOLE_IPA / PAGE, 1])?;
-    ensure!(host_reads(ring)? == 0xabcd, "host page changed by unsharing");
-    expect_status("unshare twice", id::HOST_UNSHARE_GUEST, &[vm.handle, HOLE_IPA / PAGE, 1], status::NOT_FOUND)?;
+    call_ok(
+        "HOST_UNSHARE_GUEST",
+        id::HOST_UNSHARE_GUEST,
+        &[vm.handle, HOLE_IPA / PAGE, 1],
+    )?;
+    ensure!(
+        host_reads(ring)? == 0xabcd,
+        "host page changed by unsharing"
+    );
+    expect_status(
+        "unshare twice",
+        id::HOST_UNSHARE_GUEST,
+        &[vm.handle, HOLE_IPA / PAGE, 1],
+        status::NOT_FOUND,
+    )?;
     vm.teardown()
 }
 
 fn vm_reclaim_of_a_live_vm_is_refused() -> TestResult {
     let (mut vm, pa) = vm_with_data(20, DATA_IPA, 1, PAGE)?;
     vm.fill(DATA_IPA, 1, 0xe5)?;
-    expect_status("VM_RECLAIM of a live VM", id::VM_RECLAIM, &[vm.handle, DATA_IPA / PAGE, 1], status::PERM)?;
-    expect_status("VM_FINALIZE_TEARDOWN of a live VM", id::VM_FINALIZE_TEARDOWN, &[vm.handle], status::BUSY)?;
-    expect_status("HOST_RECLAIM_FORCE of hyp memory", id::HOST_RECLAIM_FORCE, &[HYP_BASE / PAGE, 1], status::PERM)?;
+    expect_status(
+        "VM_RECLAIM of a live VM",
+        id::VM_RECLAIM,
+        &[vm.handle, DATA_IPA / PAGE, 1],
+        status::PERM,
+    )?;
+    expect_status(
+        "VM_FINALIZE_TEARDOWN of a live VM",
+        id::VM_FINALIZE_TEARDOWN,
+        &[vm.handle],
+        status::BUSY,
+    )?;
+    expect_status(
+        "HOST_RECLAIM_FORCE of hyp memory",
+        id::HOST_RECLAIM_FORCE,
+        &[HYP_BASE / PAGE, 1],
+        status::PERM,
+    )?;
     host_denied(pa)?;
     vm.check(DATA_IPA, 1, 0xe5)?;
     vm.teardown()
@@ -643,13 +936,37 @@ fn vcpu_of_a_dying_vm_does_not_run() -> TestResult {
     let (mut vm, pa) = vm_with_data(21, DATA_IPA, 1, PAGE)?;
     vm.fill(DATA_IPA, 1, 0xf6)?;
     call_ok("VM_START_TEARDOWN", id::VM_START_TEARDOWN, &[vm.handle])?;
-    expect_status("VCPU_RUN of a dying VM", id::VCPU_RUN, &[vm.handle, 0, RUN_COMPLETE, cmd::NOP, 0, 0, 0], status::BUSY)?;
-    expect_status("VM_START_TEARDOWN twice", id::VM_START_TEARDOWN, &[vm.handle], status::BUSY)?;
-    expect_status("donate to a dying VM", id::HOST_DONATE_GUEST, &[alloc_pages(1, PAGE)? / PAGE, 1, vm.handle, HOLE_IPA / PAGE], status::BUSY)?;
-    expect_status("VCPU_CREATE on a dying VM", id::VCPU_CREATE, &[vm.handle, vmm::GUEST_RAM_IPA, 0], status::BUSY)?;
+    expect_status(
+        "VCPU_RUN of a dying VM",
+        id::VCPU_RUN,
+        &[vm.handle, 0, RUN_COMPLETE, cmd::NOP, 0, 0, 0],
+        status::BUSY,
+    )?;
+    expect_status(
+        "VM_START_TEARDOWN twice",
+        id::VM_START_TEARDOWN,
+        &[vm.handle],
+        status::BUSY,
+    )?;
+    expect_status(
+        "donate to a dying VM",
+        id::HOST_DONATE_GUEST,
+        &[alloc_pages(1, PAGE)? / PAGE, 1, vm.handle, HOLE_IPA / PAGE],
+        status::BUSY,
+    )?;
+    expect_status(
+        "VCPU_CREATE on a dying VM",
+        id::VCPU_CREATE,
+        &[vm.handle, vmm::GUEST_RAM_IPA, 0],
+        status::BUSY,
+    )?;
     // Still the guest's until reclaimed, and the content is still there to be scrubbed.
     host_denied(pa)?;
-    call_ok("VM_RECLAIM", id::VM_RECLAIM, &[vm.handle, DATA_IPA / PAGE, 1])?;
+    call_ok(
+        "VM_RECLAIM",
+        id::VM_RECLAIM,
+        &[vm.handle, DATA_IPA / PAGE, 1],
+    )?;
     host_reads(pa)?;
     if let Some((a, v)) = first_nonzero(pa, 1) {
         fail!("reclaimed page holds {v:#x} at {a:#x}");
@@ -705,7 +1022,10 @@ fn memcache_too_small_is_no_mem_and_changes_nothing() -> TestResult {
         first_nonzero(state, VM_CREATE_PAGES).is_none(),
         "VM_CREATE pages not scrubbed"
     );
-    ensure!(refused, "{n} donations at new GiBs and none refused with NO_MEM");
+    ensure!(
+        refused,
+        "{n} donations at new GiBs and none refused with NO_MEM"
+    );
     Ok(())
 }
 
@@ -754,7 +1074,10 @@ fn fp_simd_registers_survive_guest_and_host() -> TestResult {
     );
     ensure!(r[0] == 0, "VCPU_RUN returned {}", r[0] as i64);
     if let Some((reg, v)) = after.mismatch(host_seed) {
-        fail!("host v{reg} = {v:#x} after running the guest, expected {:#x}", mailbox::fp_pattern(host_seed, reg));
+        fail!(
+            "host v{reg} = {v:#x} after running the guest, expected {:#x}",
+            mailbox::fp_pattern(host_seed, reg)
+        );
     }
     ensure!(
         r[1] == exit::HVC && r[2] == MAILBOX,
