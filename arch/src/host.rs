@@ -160,6 +160,9 @@ impl HostCallEnv for El2CallEnv {
     fn canary_checksum_at_boot(&self) -> u64 {
         CANARY_SUM.load(Ordering::Acquire)
     }
+    fn dma_fault_read(&mut self) -> [u64; 3] {
+        crate::smmu::read_fault()
+    }
 }
 
 /// ESR_ELx exception classes the hyp handles.
@@ -183,6 +186,8 @@ extern "C" fn handle_host_sync(ctx: &mut HostContext) {
         ec::HVC64 => {
             let mut regs: SmcccRegs = [0; SMCCC_REGS];
             regs.copy_from_slice(&ctx.x[..SMCCC_REGS]);
+            // Device faults are decoded at every hypercall, so none waits for an interrupt.
+            crate::smmu::poll();
             if esr & 0xffff == 0 {
                 abi::handle_host_call(&mut regs, &El2CallEnv);
             } else {

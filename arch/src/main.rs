@@ -16,6 +16,7 @@ mod percpu;
 mod platform;
 mod pool;
 mod psci;
+mod smmu;
 mod stage1;
 mod sysreg;
 mod tables;
@@ -103,6 +104,8 @@ extern "C" fn primary_main(_cpu: usize) -> ! {
     host::init_canary(canary);
 
     let entry = check_payload(&machine);
+    // Before QEMU's DTB is replaced by the host's (which hides the SMMU); DMA aborts from here.
+    let smmu_plan = smmu::discover(&fdt, machine.smmu);
     let dtb_size = write_host_dtb(&fdt);
     log::info!("host DTB: {dtb_size} bytes at {DTB_BASE:#x}");
 
@@ -111,6 +114,7 @@ extern "C" fn primary_main(_cpu: usize) -> ! {
         Err(e) => console::fatal(format_args!("cannot build the host stage-2: {e:?}")),
     };
     host::set_host_stage2(s2.vtcr, s2.vttbr);
+    smmu::init(smmu_plan, s2.vtcr, s2.vttbr);
     log::info!(
         "host stage-2: vtcr={:#x} vttbr={:#x}, pool {} KiB free",
         s2.vtcr,

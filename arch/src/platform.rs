@@ -1,5 +1,6 @@
 //! The `verso::platform` traits at EL2: identity-mapped physical memory, broadcast stage-2 TLB
-//! maintenance with the right VMID in context, and data cache maintenance by VA (= PA).
+//! maintenance with the right VMID in context (and, for VMIDs whose stage-2 devices walk too, the
+//! SMMU's: `smmu.rs`), and data cache maintenance by VA (= PA).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -108,6 +109,9 @@ impl TlbMaintenance for El2Platform {
         if !done {
             invalidate_all_vmids();
         }
+        // The host's devices walk the host stage-2 too: their cached translations go in the
+        // same call (one SMMU batch, completed by CMD_SYNC).
+        crate::smmu::invalidate_ipa_range(vmid, start, pages);
     }
 
     fn invalidate_vmid(&mut self, vmid: Vmid) {
@@ -121,6 +125,7 @@ impl TlbMaintenance for El2Platform {
         if !done {
             invalidate_all_vmids();
         }
+        crate::smmu::invalidate_vmid(vmid);
     }
 }
 
