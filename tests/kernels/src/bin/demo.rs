@@ -103,8 +103,84 @@ fn main() -> ! {
         probe_read_u32(SMMU_BASE).map(|_| ()),
     );
 
+    vm_demo();
+
     println!("verso demo: done, PSCI SYSTEM_OFF");
     smccc::system_off()
+}
+
+/// Where the demo guest's data page lives in its IPA space.
+const DEMO_DATA_IPA: u64 = 0x4100_0000;
+
+/// A protected VM (`guest-worker`, loaded by qemu-run.sh at 0x5000_0000) shares one page with
+/// the host and takes it back, in place, while the host watches the same physical page.
+fn vm_demo() {
+    use verso_test_kernels::mailbox::{guest_call, pattern};
+    use verso_test_kernels::vmm::{self, Vm, PAGE};
+
+    println!("a protected VM shares a page in place while the host watches:");
+    let mut vm = match Vm::boot(0xd3e0) {
+        Ok(vm) => vm,
+        Err(f) => {
+            println!("  no VM here: {}", f.reason());
+            return;
+        }
+    };
+    let outcome = (|| -> Result<(), verso_test_kernels::harness::Failure> {
+        let pa = vm.donate(DEMO_DATA_IPA, 1, PAGE)?;
+        println!(
+            "  VM {:#x} runs; its page at IPA {DEMO_DATA_IPA:#x} is host page {pa:#x}",
+            vm.handle
+        );
+        vm.fill(DEMO_DATA_IPA, 1, 0xd3)?;
+        let secret = pattern(0xd3, DEMO_DATA_IPA);
+        println!("  guest wrote {secret:#018x} at IPA {DEMO_DATA_IPA:#x} (private)");
+        show(
+            "host reads the private page",
+            pa,
+            probe_read_u64(pa).map(|_| ()),
+        );
+        let r = vm.guest_call(guest_call::MEM_SHARE, DEMO_DATA_IPA, 1, 0)?;
+        println!(
+            "  guest MEM_SHARE({DEMO_DATA_IPA:#x}, 1) -> x0 = {}, x1 = {}",
+            r[0] as i64, r[1]
+        );
+        match probe_read_u64(pa) {
+            Ok(v) => println!(
+                "  host reads {v:#018x} at PA {pa:#x}: {}",
+                if v == secret {
+                    "the guest's bytes, same page, no copy"
+                } else {
+                    "NOT the guest's bytes"
+                }
+            ),
+            Err(f) => println!("  host read at {pa:#x}: abort injected ({f})"),
+        }
+        vmm::write(pa + 8, 0x4d45_5353_4147_4521);
+        let seen = vm.guest_read(DEMO_DATA_IPA + 8)?;
+        println!(
+            "  host wrote 0x4d45535341474521 at PA {:#x}; guest reads {seen:#x?}",
+            pa + 8
+        );
+        let r = vm.guest_call(guest_call::MEM_UNSHARE, DEMO_DATA_IPA, 1, 0)?;
+        println!(
+            "  guest MEM_UNSHARE({DEMO_DATA_IPA:#x}, 1) -> x0 = {}, x1 = {}",
+            r[0] as i64, r[1]
+        );
+        show(
+            "host reads the page again",
+            pa,
+            probe_read_u64(pa).map(|_| ()),
+        );
+        let kept = vm.guest_read(DEMO_DATA_IPA)?;
+        println!("  guest still reads {kept:#x?} at IPA {DEMO_DATA_IPA:#x}");
+        vm.teardown()?;
+        println!("  VM torn down: every page back to the host, zeroed");
+        Ok(())
+    })();
+    if let Err(f) = outcome {
+        println!("  VM demo stopped: {}", f.reason());
+    }
 }
 
 /// Prints the outcome of one probe.

@@ -12,7 +12,7 @@ use verso_test_kernels::exception::{probe_read_u64, probe_write_u64};
 use verso_test_kernels::mailbox::{
     self, cmd, counter, counter_frequency, guest_call, hvc_raw, pattern, VRegs, MAILBOX,
 };
-use verso_test_kernels::smccc::psci;
+use verso_test_kernels::smccc::{self, psci};
 use verso_test_kernels::{boot_arg, println};
 
 verso_test_kernels::entry!(main);
@@ -23,6 +23,11 @@ fn main() -> ! {
     let mut reply = [cmd::READY, boot_arg(), counter_frequency()];
     loop {
         let r = hvc_raw([MAILBOX, reply[0], reply[1], reply[2], 0, 0, 0, 0]);
+        if r[0] == smccc::NOT_SUPPORTED {
+            // Nobody forwards the mailbox (booted bare, or a hyp that answers it itself).
+            println!("guest-worker: the mailbox call is not supported here; powering off");
+            smccc::system_off();
+        }
         reply = worker.execute(r[0], [r[1], r[2], r[3]]);
     }
 }
