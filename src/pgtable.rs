@@ -41,6 +41,7 @@
 //! # API changes (from the brief)
 //! - Added [`Stage2::annotate_linear`], [`Stage2::set_sw`], [`Stage2::set_perms`] and
 //!   [`Stage2::tables_needed_for`].
+//! - [`Stage2::tables_needed`] takes `&impl PhysMemory` (it only reads; any `Platform` is one).
 //! - [`TableAllocator::alloc_table`] need not return a zeroed page: the engine writes every entry
 //!   of a new table itself (a host-donated memcache page may hold anything).
 //! - [`Stage2::lookup`] of an IPA at or beyond [`Stage2Config::ipa_limit`] returns
@@ -1186,7 +1187,7 @@ impl Stage2 {
         let mut table = self.root;
         loop {
             let i = ((ipa >> shift(level)) & 511) as usize;
-            let d = logical(TablePtr::new(&*plat, table).read(i));
+            let d = logical(TablePtr::new(plat, table).read(i));
             if is_table(d, level) {
                 table = PhysAddr(d & ADDR_MASK);
                 level += 1;

@@ -328,7 +328,7 @@ fn seeds() -> Vec<u64> {
             .parse()
             .or_else(|_| u64::from_str_radix(&s, 16))
             .unwrap()],
-        Err(_) => (1..=4).map(|i| 0x5eed_0000 + i).collect(),
+        Err(_) => (1..=8).map(|i| 0x5eed_0000 + i).collect(),
     }
 }
 
@@ -338,7 +338,7 @@ fn random_sequences_agree_with_reference_map_and_never_leak_tables() {
         eprintln!("seed = {seed}");
         let mut rng = Rng(seed);
         let mut w = World::new();
-        for step in 0..400 {
+        for step in 0..500 {
             let range = random_range(&mut rng);
             let op = random_op(&mut rng, range);
             let needed = w.s2.tables_needed(&w.plat, range);
