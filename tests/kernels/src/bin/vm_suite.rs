@@ -535,9 +535,17 @@ fn illegal_guest_calls_are_invalid_and_change_nothing() -> TestResult {
     convert_invalid(&mut vm, "x3 != 0", gc::MEM_SHARE, DATA_IPA + PAGE, 1, 1)?;
     convert_invalid(
         &mut vm,
-        "range running past the memory",
-        gc::MEM_SHARE,
+        "relinquish of a range running past the memory",
+        gc::MEM_RELINQUISH,
         DATA_IPA + PAGE,
+        8,
+        0,
+    )?;
+    convert_invalid(
+        &mut vm,
+        "unshare of a range running past the memory",
+        gc::MEM_UNSHARE,
+        DATA_IPA,
         8,
         0,
     )?;
@@ -940,7 +948,7 @@ fn vcpu_of_a_dying_vm_does_not_run() -> TestResult {
         "VCPU_RUN of a dying VM",
         id::VCPU_RUN,
         &[vm.handle, 0, RUN_COMPLETE, cmd::NOP, 0, 0, 0],
-        status::BUSY,
+        status::PERM,
     )?;
     expect_status(
         "VM_START_TEARDOWN twice",
@@ -958,7 +966,7 @@ fn vcpu_of_a_dying_vm_does_not_run() -> TestResult {
         "VCPU_CREATE on a dying VM",
         id::VCPU_CREATE,
         &[vm.handle, vmm::GUEST_RAM_IPA, 0],
-        status::BUSY,
+        status::PERM,
     )?;
     // Still the guest's until reclaimed, and the content is still there to be scrubbed.
     host_denied(pa)?;
