@@ -35,11 +35,12 @@ HYP_ARGS=${VERSO_ARGS:-verso.log=info}
 GUEST_ADDR=0x50000000
 
 # The QEMU suites, one per line: name, payload (a tests/kernels binary), CPUs, the payload's own
-# bootargs, timeout in seconds, and the guest image QEMU loads at GUEST_ADDR ("-" for none).
-# Adding a suite is adding a line.
+# bootargs, timeout in seconds, the guest image QEMU loads at GUEST_ADDR ("-" for none), and
+# (optional, the rest of the line) extra QEMU arguments. Adding a suite is adding a line.
 SUITES=(
   "host        host-suite   4   suite=host   60   -"
   "vm          vm-suite     4   suite=vm     120  guest-worker"
+  "dma         dma-suite    2   suite=dma    60   -   -device edu,dma_mask=0xffffffffffffffff -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 -device edu,bus=rp1,dma_mask=0xffffffffffffffff"
 )
 # Payloads built besides the suites'.
 EXTRA_PAYLOADS=(demo vm-bench guest-worker)
@@ -165,7 +166,8 @@ build() {
 # ---------------------------------------------------------------------------------------------
 # Run
 
-# qemu_cmd PAYLOAD CPUS "PAYLOAD BOOTARGS" [GUEST]: prints nothing, fills the QEMU_CMD array.
+# qemu_cmd PAYLOAD CPUS "PAYLOAD BOOTARGS" [GUEST ["EXTRA QEMU ARGS"]]: prints nothing, fills the
+# QEMU_CMD array.
 # GUEST (a guest-role binary, or "-"/empty for none) is loaded at GUEST_ADDR.
 qemu_cmd() {
   QEMU_CMD=(
@@ -177,7 +179,9 @@ qemu_cmd() {
   if [ -n "${4:-}" ] && [ "$4" != - ]; then
     QEMU_CMD+=(-device "loader,file=$OUT/$4.bin,addr=$GUEST_ADDR,force-raw=on")
   fi
-  QEMU_CMD+=(-append "$HYP_ARGS $3")
+  local extra=()
+  read -r -a extra <<<"${5:-}"
+  QEMU_CMD+=("${extra[@]}" -append "$HYP_ARGS $3")
 }
 
 # The QEMU command as one line a reader can paste (arguments with spaces quoted).
@@ -242,10 +246,10 @@ run_cargo_test() {
   fi
 }
 
-# run_suite NAME PAYLOAD CPUS BOOTARGS TIMEOUT GUEST
+# run_suite NAME PAYLOAD CPUS BOOTARGS TIMEOUT GUEST [EXTRA QEMU ARGS]
 run_suite() {
-  local name=$1 payload=$2 cpus=$3 args=$4 limit=$5 guest=${6:--}
-  qemu_cmd "$payload" "$cpus" "$args" "$guest"
+  local name=$1 payload=$2 cpus=$3 args=$4 limit=$5 guest=${6:--} extra=${7:-}
+  qemu_cmd "$payload" "$cpus" "$args" "$guest" "$extra"
   say "== suite $name: timeout $limit $(shown_cmd)"
   local log rc=0
   log=$(mktemp)
@@ -279,16 +283,16 @@ run_suite() {
 
 run_tests() {
   run_cargo_test
-  local line name payload cpus args limit guest built=yes
+  local line name payload cpus args limit guest extra built=yes
   if ! build; then
     say "FAIL: build of the release images"
     FAILED=$((FAILED + 1))
     built=no
   fi
   for line in "${SUITES[@]}"; do
-    read -r name payload cpus args limit guest <<<"$line"
+    read -r name payload cpus args limit guest extra <<<"$line"
     if [ "$built" = yes ]; then
-      run_suite "$name" "$payload" "$cpus" "$args" "$limit" "$guest"
+      run_suite "$name" "$payload" "$cpus" "$args" "$limit" "$guest" "$extra"
     else
       say "FAIL: suite $name (not run: the build failed)"
       FAILED=$((FAILED + 1))
