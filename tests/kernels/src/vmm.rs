@@ -469,6 +469,16 @@ impl Vm {
         Ok(())
     }
 
+    /// Forgets the region donated at `ipa` (its pages left the VM another way, e.g. relinquished,
+    /// and the host may have reused them): teardown neither reclaims nor zero-checks them.
+    pub fn forget(&mut self, ipa: u64) {
+        for slot in self.regions.iter_mut() {
+            if slot.is_some_and(|r| r.ipa == ipa) {
+                *slot = None;
+            }
+        }
+    }
+
     /// The host PA of guest IPA `ipa`, if it lies in a donated region.
     pub fn pa_of(&self, ipa: u64) -> Option<u64> {
         self.regions
@@ -664,14 +674,17 @@ impl Vm {
             id::VM_FINALIZE_TEARDOWN,
             &[self.handle],
         )?;
-        for r in self
-            .regions
-            .iter()
-            .flatten()
-            .chain([&self.state, &self.memcache])
-        {
+        for r in self.regions.iter().flatten() {
             if let Some((a, v)) = first_nonzero_probed(r.pa, r.pages)? {
-                fail!("page {a:#x} came back from the VM holding {v:#x}, not zero");
+                fail!(
+                    "page {a:#x} (IPA {:#x}) came back from the VM holding {v:#x}, not zero",
+                    r.ipa + (a & !(PAGE - 1)) - r.pa
+                );
+            }
+        }
+        for (what, r) in [("VM_CREATE", &self.state), ("memcache", &self.memcache)] {
+            if let Some((a, v)) = first_nonzero_probed(r.pa, r.pages)? {
+                fail!("{what} page {a:#x} came back from the hyp holding {v:#x}, not zero");
             }
         }
         Ok(())

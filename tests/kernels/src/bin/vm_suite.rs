@@ -396,7 +396,9 @@ fn range_share_of_a_2mib_aligned_range() -> TestResult {
 }
 
 fn mem_relinquish_returns_a_zeroed_page_to_the_host() -> TestResult {
-    let (mut vm, pa) = vm_with_data(7, DATA_IPA, 2, PAGE)?;
+    let mut vm = Vm::boot(7)?;
+    let pa = vm.donate(DATA_IPA, 1, PAGE)?;
+    let neighbour = vm.donate(DATA_IPA + PAGE, 1, PAGE)?;
     vm.fill(DATA_IPA, 2, 0x88)?;
     host_denied(pa)?;
     // pKVM's single form: x2 = 0 means one granule.
@@ -405,11 +407,19 @@ fn mem_relinquish_returns_a_zeroed_page_to_the_host() -> TestResult {
     if let Some((a, v)) = first_nonzero(pa, 1) {
         fail!("relinquished page holds {v:#x} at {a:#x}, not zero");
     }
+    // The host's again: it writes it, and teardown must not count it as the VM's.
     write(pa, 0x1234);
     ensure!(read(pa) == 0x1234, "host cannot write its page back");
+    vm.forget(DATA_IPA);
     // The neighbour stayed private and intact.
-    host_denied(pa + PAGE)?;
+    host_denied(neighbour)?;
     vm.check(DATA_IPA + PAGE, 1, 0x88)?;
+    // The guest has no page at the relinquished IPA any more: its read is a no-memory exit.
+    let e = vm.send(cmd::READ, [DATA_IPA, 0, 0])?;
+    ensure!(
+        e.reason == exit::NO_MEMORY && e.detail[0] == DATA_IPA,
+        "guest read of its relinquished IPA: {e}"
+    );
     vm.teardown()
 }
 
