@@ -5,8 +5,8 @@
 //!
 //! The hyp never blocks on the log and never trusts it: it keeps its own `head` (entries ever
 //! produced) and `dropped` counters and only *reads* the host's `tail`; a full ring (head - tail
-//! >= capacity, with a tail the host may have set to anything) counts the entry in `dropped`
-//! instead of writing. Format (little endian, docs/abi.md):
+//! at least capacity, with a tail the host may have set to anything) counts the entry in
+//! `dropped` instead of writing. Format (little endian, docs/abi.md):
 //!
 //! | offset | field |
 //! |---|---|
@@ -121,20 +121,20 @@ impl ConvLog {
     }
 
     fn read_u64(&self, plat: &impl PhysMemory, off: u64) -> u64 {
-        debug_assert!(off + 8 <= self.pages.bytes() && off % 8 == 0);
+        debug_assert!(off + 8 <= self.pages.bytes() && off.is_multiple_of(8));
         // SAFETY: an aligned word inside the log's pages, which the hyp may access while the log
         // is registered; volatile because the host writes it concurrently.
         unsafe { core::ptr::read_volatile(self.ptr(plat, off) as *const u64) }
     }
 
     fn write_u64(&self, plat: &mut impl PhysMemory, off: u64, value: u64) {
-        debug_assert!(off + 8 <= self.pages.bytes() && off % 8 == 0);
+        debug_assert!(off + 8 <= self.pages.bytes() && off.is_multiple_of(8));
         // SAFETY: as in `read_u64`; the host may read concurrently, hence volatile.
         unsafe { core::ptr::write_volatile(self.ptr(plat, off) as *mut u64, value.to_le()) }
     }
 
     fn write_u32(&self, plat: &mut impl PhysMemory, off: u64, value: u32) {
-        debug_assert!(off + 4 <= self.pages.bytes() && off % 4 == 0);
+        debug_assert!(off + 4 <= self.pages.bytes() && off.is_multiple_of(4));
         // SAFETY: as in `write_u64`, for an aligned 32-bit field of the header.
         unsafe { core::ptr::write_volatile(self.ptr(plat, off) as *mut u32, value.to_le()) }
     }

@@ -6,7 +6,28 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use verso::abi::{self, HostCallEnv, SmcccRegs, SMCCC_REGS};
 use verso::addr::{PhysAddr, Vmid, PAGE_SIZE};
 
+use verso::mem::Ownership;
+use verso::vcpu::LoadedVcpu;
+use verso::vm::VmHandle;
+
+use crate::host_stage2::{PoolTables, OWNERSHIP};
+use crate::platform::El2Platform;
 use crate::sysreg::{dsb_ish, isb, read_sysreg, write_sysreg};
+
+/// Tell the platform the VTTBR of a new VM's stage-2, so that its TLB maintenance switches to
+/// exactly that context (a VMID may be reused by a later VM with other tables).
+fn register_guest_stage2(handle: u64) {
+    let Some(own) = OWNERSHIP.get() else { return };
+    let handle = VmHandle(handle as u16);
+    let vttbr = own.with_vms(|vms| {
+        vms.get(handle)
+            .ok()
+            .map(|vm| vm.guest.lock().stage2.vttbr())
+    });
+    if let (Some(vttbr), Some(vmid)) = (vttbr, handle.vmid()) {
+        crate::platform::register_vttbr(vmid, vttbr);
+    }
+}
 
 /// The host's x0..x30 as saved by `host_sync_vector` (vectors.S), padded to 256 bytes.
 #[repr(C)]
@@ -142,9 +163,23 @@ fn page_bytes(page: PhysAddr) -> *const [u8] {
     core::ptr::slice_from_raw_parts(page.raw() as *const u8, PAGE_SIZE as usize)
 }
 
-struct El2CallEnv;
+/// What host-call dispatch gets from the EL2 runtime.
+struct El2CallEnv {
+    plat: El2Platform,
+}
 
 impl HostCallEnv for El2CallEnv {
+    type Tables = PoolTables;
+    type Plat = El2Platform;
+    fn memory(&mut self) -> Option<(&Ownership<'static, PoolTables>, &mut El2Platform)> {
+        OWNERSHIP.get().map(|o| (o, &mut self.plat))
+    }
+    fn run_vcpu(&mut self, vcpu: &LoadedVcpu) -> [u64; 5] {
+        match OWNERSHIP.get() {
+            Some(own) => crate::guest::run(own, &mut self.plat, vcpu),
+            None => [0; 5],
+        }
+    }
     fn canary_page(&self) -> PhysAddr {
         PhysAddr(CANARY_PAGE.load(Ordering::Acquire))
     }
@@ -189,7 +224,11 @@ extern "C" fn handle_host_sync(ctx: &mut HostContext) {
             // Device faults are decoded at every hypercall, so none waits for an interrupt.
             crate::smmu::poll();
             if esr & 0xffff == 0 {
-                abi::handle_host_call(&mut regs, &El2CallEnv);
+                let mut env = El2CallEnv { plat: El2Platform };
+                abi::handle_host_call(&mut regs, &mut env);
+                if regs[0] == 0 && ctx.x[0] as u32 == abi::fid::VM_CREATE {
+                    register_guest_stage2(regs[1]);
+                }
             } else {
                 // SMCCC calls use HVC #0 only.
                 regs[0] = abi::ret::NOT_SUPPORTED as u64;
@@ -242,7 +281,7 @@ fn inject_abort(esr_el2: u64) {
 /// Makes the host take a synchronous exception at EL1 with syndrome `esr_el1` (and `far`), as if
 /// the faulting instruction had raised it there: ELR_EL1/SPSR_EL1 get the interrupted state, and
 /// the host resumes at its own vector for the mode it was in.
-fn inject_sync(esr_el1: u64, far: Option<u64>) {
+pub(crate) fn inject_sync(esr_el1: u64, far: Option<u64>) {
     let elr = read_sysreg!(elr_el2);
     let spsr = read_sysreg!(spsr_el2);
     let vbar = read_sysreg!(vbar_el1);

@@ -9,6 +9,7 @@
 #![no_main]
 
 mod console;
+mod guest;
 mod host;
 mod host_stage2;
 mod layout;
@@ -43,6 +44,7 @@ core::arch::global_asm!(
     STACK_SLOT = const percpu::STACK_SLOT,
     CONTEXT_SIZE = const host::CONTEXT_SIZE,
 );
+core::arch::global_asm!(include_str!("asm/guest.S"));
 
 /// First Rust code on the boot CPU (index 0), MMU off, from boot.S.
 #[no_mangle]

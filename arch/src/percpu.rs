@@ -7,7 +7,7 @@ pub const MAX_CPUS: usize = 8;
 /// Guard page at the bottom of each slot, left unmapped.
 pub const GUARD_SIZE: u64 = 0x1000;
 /// The hyp stack of each CPU.
-pub const STACK_SIZE: u64 = 0x8000;
+pub const STACK_SIZE: u64 = 0x10000;
 /// The fault stack above it, used only by the fatal path (a blown stack still reports).
 pub const FAULT_STACK_SIZE: u64 = 0x1000;
 /// Bytes per CPU slot.

@@ -33,6 +33,7 @@ el2_vectors:
     fatal_vector 14
     fatal_vector 15
 
+.global el2_fatal_vector
 el2_fatal_vector:
     // The fault stack is the top STACK_FAULT bytes of this CPU's slot.
     mrs     x1, tpidr_el2
