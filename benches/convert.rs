@@ -236,6 +236,10 @@ fn main() {
         println!("|------:|------:|---------:|---------------:|--------------------:|---------:|");
         for alignment in ["4k", "2m"] {
             for pages in SIZES {
+                // `VERSO_BENCH_PAGES=<n>` runs one size only (for profiling).
+                if std::env::var("VERSO_BENCH_PAGES").is_ok_and(|n| n != pages.to_string()) {
+                    continue;
+                }
                 let (v, p, pl) = measure(pages, alignment, layout);
                 let peer_best = [p, pl].into_iter().flatten().fold(f64::INFINITY, f64::min);
                 println!(

@@ -401,7 +401,9 @@ impl Target {
     fn entry(&self, old: u64, ea: u64, level: u8) -> Option<u64> {
         match *self {
             Target::Map { ipa0, pa0, attrs } => {
-                let pa = pa0 + (ea - ipa0);
+                // Wrapping: `tables_needed_for` may be asked about any output address; `map`
+                // has checked that its output range fits in 48 bits.
+                let pa = pa0.wrapping_add(ea - ipa0);
                 if level == 3 {
                     Some(pa | attrs | TABLE_OR_PAGE)
                 } else if level > 0 && pa & (entry_size(level) - 1) == 0 {
@@ -914,13 +916,17 @@ impl Stage2 {
 
     /// The exact number of table pages `map(range, pa, ..)` (`pa = Some`) or any other
     /// operation over `range` would allocate in the worst case given the tables as they are now
-    /// (a walk; [`tables_needed`](Self::tables_needed) is the constant-time bound).
+    /// (a walk; [`tables_needed`](Self::tables_needed) is the constant-time bound). A range
+    /// beyond the IPA limit needs nothing: the operation would be refused with `Range`.
     pub fn tables_needed_for(
         &self,
         plat: &impl PhysMemory,
         range: PageRange<Ipa>,
         pa: Option<PhysAddr>,
     ) -> usize {
+        if range.end().raw() > self.cfg.ipa_limit() {
+            return 0;
+        }
         let target = match pa {
             Some(pa) => Target::Map {
                 ipa0: range.start().raw(),

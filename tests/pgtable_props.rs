@@ -638,3 +638,42 @@ fn allocator_exhaustion_is_nomem_with_tables_unchanged() {
     assert_eq!(w.s2.annotate(&mut w.plat, &mut alloc, r, ann), Ok(()));
     assert_eq!(alloc.available(), 0);
 }
+
+#[test]
+fn queries_beyond_the_ipa_limit_answer_without_panicking() {
+    let mut w = World::new();
+    let limit = w.s2.config().ipa_limit();
+    let leaf = Leaf {
+        perms: Perms::RW,
+        mem: MemType::Normal,
+        sw: 0,
+    };
+    let last = PageRange::new(Ipa(limit - PAGE_SIZE), 1).unwrap();
+    w.apply(last, Op::Map { pa: 0x1000, leaf });
+    let far = PageRange::new(Ipa((u64::MAX & !0xfff) - 16 * PAGE_SIZE), 16).unwrap();
+    let straddle = PageRange::new(Ipa(limit - PAGE_SIZE), 3).unwrap();
+    assert_eq!(
+        w.s2.tables_needed_for(&w.plat, far, Some(PhysAddr(u64::MAX & !0xfff))),
+        0
+    );
+    assert_eq!(w.s2.tables_needed_for(&w.plat, straddle, None), 0);
+    assert!(w.s2.tables_needed(&w.plat, far) > 0);
+    assert_eq!(
+        w.s2.lookup(&w.plat, far.start()),
+        Lookup::Empty { level: 0 }
+    );
+    let mut chunks = Vec::new();
+    w.s2.walk(&w.plat, straddle, |ipa, pages, l| {
+        chunks.push((ipa.raw(), pages, expect_of(l)));
+        ControlFlow::Continue(())
+    });
+    let mapped = Some(Expect::Mapped { pa: 0x1000, leaf });
+    assert_eq!(chunks, [(limit - PAGE_SIZE, 1, mapped), (limit, 2, None)]);
+    // A walk that breaks early stops at once.
+    let mut calls = 0;
+    w.s2.walk(&w.plat, straddle, |_, _, _| {
+        calls += 1;
+        ControlFlow::Break(())
+    });
+    assert_eq!(calls, 1);
+}
