@@ -137,7 +137,7 @@ objcopy_path() {
 payloads() {
   local line payload guest
   for line in "${SUITES[@]}"; do
-    read -r _ payload _ _ _ guest <<<"$line"
+    read -r _ payload _ _ _ guest _ <<<"$line"
     printf '%s\n' "$payload"
     if [ -n "$guest" ] && [ "$guest" != - ]; then
       printf '%s\n' "$guest"
