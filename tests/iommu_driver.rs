@@ -222,11 +222,8 @@ impl Mmio for Fake {
             }
             CR1 => self.m.cr1 = v,
             CR2 => self.m.cr2 = v,
-            GBPA => {
-                if v & GBPA_UPDATE != 0 {
-                    self.m.gbpa = v & !GBPA_UPDATE;
-                }
-            }
+            // A GBPA write without UPDATE is ignored.
+            GBPA if v & GBPA_UPDATE != 0 => self.m.gbpa = v & !GBPA_UPDATE,
             IRQ_CTRL => self.m.irq_ctrl = v,
             GERRORN => {
                 self.m.gerrorn = v;

@@ -51,11 +51,12 @@ pub const EVENTQ_LOG2: u32 = 7;
 pub const EVENTQ_BYTES: u64 = EVENT_BYTES << EVENTQ_LOG2;
 
 /// Above this many pages one TLBI_S12_VMALL replaces the per-page (no RIL) commands.
-const MAX_PAGE_COMMANDS: u64 = 16;
+const MAX_PAGE_COMMANDS: u64 = 7;
 /// Bound on every wait for the SMMU (register polls); QEMU answers on the first one.
 pub const MAX_POLLS: u32 = 1 << 20;
-/// The most commands one batch may hold (the queue is always empty when a batch starts).
-const MAX_BATCH: usize = 8;
+/// The most commands one batch may hold, CMD_SYNC included (the queue is always empty when a
+/// batch starts).
+const MAX_BATCH: usize = MAX_PAGE_COMMANDS as usize + 1;
 
 /// Why the SMMU could not be brought up, or a request could not be completed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -347,7 +348,7 @@ impl Smmu {
                 }
                 None => return self.invalidate_vmid(p, vmid),
             }
-        } else if pages <= MAX_PAGE_COMMANDS.min(MAX_BATCH as u64 - 1) {
+        } else if pages <= MAX_PAGE_COMMANDS {
             for (i, slot) in batch.iter_mut().take(pages as usize).enumerate() {
                 *slot = Command::TlbiS2Ipa {
                     vmid,
