@@ -157,9 +157,9 @@ fn vm_demo() {
             Err(f) => println!("  host read at {pa:#x}: abort injected ({f})"),
         }
         vmm::write(pa + 8, 0x4d45_5353_4147_4521);
-        let seen = vm.guest_read(DEMO_DATA_IPA + 8)?;
+        let seen = Guest(vm.guest_read(DEMO_DATA_IPA + 8)?);
         println!(
-            "  host wrote 0x4d45535341474521 at PA {:#x}; guest reads {seen:#x?}",
+            "  host wrote 0x4d45535341474521 at PA {:#x}; guest reads {seen}",
             pa + 8
         );
         let r = vm.guest_call(guest_call::MEM_UNSHARE, DEMO_DATA_IPA, 1, 0)?;
@@ -172,14 +172,26 @@ fn vm_demo() {
             pa,
             probe_read_u64(pa).map(|_| ()),
         );
-        let kept = vm.guest_read(DEMO_DATA_IPA)?;
-        println!("  guest still reads {kept:#x?} at IPA {DEMO_DATA_IPA:#x}");
+        let kept = Guest(vm.guest_read(DEMO_DATA_IPA)?);
+        println!("  guest still reads {kept} at IPA {DEMO_DATA_IPA:#x}");
         vm.teardown()?;
         println!("  VM torn down: every page back to the host, zeroed");
         Ok(())
     })();
     if let Err(f) = outcome {
         println!("  VM demo stopped: {}", f.reason());
+    }
+}
+
+/// What a guest's load returned: the value, or the abort injected into it.
+struct Guest(Result<u64, (u64, u64)>);
+
+impl core::fmt::Display for Guest {
+    fn fmt(&self, out: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Ok(v) => write!(out, "{v:#018x}"),
+            Err((esr, far)) => write!(out, "an abort (esr={esr:#x} far={far:#x})"),
+        }
     }
 }
 
