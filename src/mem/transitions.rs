@@ -602,7 +602,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
 
     /// Take back the pages of a dying VM: each guest `Owned` page is unmapped, scrubbed and
     /// returned to the host; each `SharedOwned` page (which the host already maps) is unmapped
-    /// from the guest and becomes host `Owned` again.
+    /// from the guest, scrubbed, and becomes host `Owned` again.
     ///
     /// # Errors
     /// [`Error::NotFound`] unknown VM or an IPA with no page; [`Error::Busy`] if the VM is not
@@ -647,8 +647,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             if let Ok((pa, first)) = run_pages(&host, &run) {
                 let g = &mut *guest;
                 committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
+                // Scrubbed whether private or shared: the guest's data never outlives the VM
+                // (docs/abi.md, VM_RECLAIM). A shared page is already mapped to the host.
+                scrub(plat, pa);
                 if run.state == Owned {
-                    scrub(plat, pa);
                     host.map(plat, pa);
                 }
                 host.update(first, pa.pages(), |m| m.set_host_state(Owned));
