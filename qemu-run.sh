@@ -330,6 +330,40 @@ run_bench() {
   [ "$rc" -eq 0 ] || die "bench failed: QEMU exited with status $rc"
   [ "$rows" -gt 0 ] || die "bench printed no rows"
   say "== bench: $rows rows written to $BENCH_CSV"
+  run_bench_smmu_cost
+}
+
+# The SMMU's share (docs/smmu.md): the same benchmark with `verso.smmu=off` (translation off, no
+# SMMU command ever issued), the guest conversion rows of both runs side by side, and the
+# difference per call. Rows "<operation>_cpu_only" are appended to the CSV.
+run_bench_smmu_cost() {
+  qemu_cmd "$BENCH_PAYLOAD" 1 "bench" "$BENCH_GUEST"
+  local i
+  for i in "${!QEMU_CMD[@]}"; do
+    case ${QEMU_CMD[$i]} in
+      "$HYP_ARGS "*) QEMU_CMD[$i]="verso.log=off verso.smmu=off bench" ;;
+    esac
+  done
+  QEMU_CMD+=(-icount shift=0)
+  say "== bench (SMMU off): timeout 300 $(shown_cmd)"
+  local log rc=0
+  log=$(mktemp)
+  timeout 300 "${QEMU_CMD[@]}" </dev/null >"$log" 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || die "bench with verso.smmu=off failed: QEMU exited with status $rc"
+  tr -d '\r' <"$log" | sed -n 's/^CSV: //p' | awk -F, -v OFS=, '{ $1 = $1 "_cpu_only"; print }' >>"$BENCH_CSV"
+  rm -f "$log"
+  say "== SMMU cost per call (instructions): with the SMMU kept in step vs CPU-only"
+  awk -F, '
+    NR == 1 { next }
+    $1 ~ /^guest_mem_/ && $1 !~ /_cpu_only$/ { on[$1 "," $2] = $3; order[++n] = $1 "," $2 }
+    $1 ~ /_cpu_only$/ { k = $1; sub(/_cpu_only$/, "", k); off[k "," $2] = $3 }
+    END {
+      printf "%-30s %6s %12s %12s %10s\n", "operation", "pages", "smmu", "cpu_only", "smmu_cost"
+      for (i = 1; i <= n; i++) {
+        split(order[i], f, ",")
+        printf "%-30s %6s %12s %12s %10d\n", f[1], f[2], on[order[i]], off[order[i]], on[order[i]] - off[order[i]]
+      }
+    }' "$BENCH_CSV"
 }
 
 case "${1:-}" in
