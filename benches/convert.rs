@@ -97,7 +97,7 @@ fn start_of(alignment: &str) -> u64 {
 }
 
 fn iterations(pages: u64) -> u64 {
-    (PAGES_PER_RUN / pages).max(64)
+    (PAGES_PER_RUN / pages).max(8192)
 }
 
 fn bench_verso(pages: u64, alignment: &str, layout: Layout) -> f64 {
@@ -235,6 +235,10 @@ fn main() {
         );
         println!("|------:|------:|---------:|---------------:|--------------------:|---------:|");
         for alignment in ["4k", "2m"] {
+            // `VERSO_BENCH_ALIGN=4k|2m` runs one alignment only (for profiling).
+            if std::env::var("VERSO_BENCH_ALIGN").is_ok_and(|a| a != alignment) {
+                continue;
+            }
             for pages in SIZES {
                 // `VERSO_BENCH_PAGES=<n>` runs one size only (for profiling).
                 if std::env::var("VERSO_BENCH_PAGES").is_ok_and(|n| n != pages.to_string()) {
