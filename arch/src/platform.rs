@@ -64,6 +64,60 @@ fn invalidate_all_vmids() {
     isb();
 }
 
+/// The most pages one `TLBI RIPAS2E1IS` sequence covers before a whole-VMID invalidation is
+/// cheaper: 2^20 (4 GiB), at most four range operations plus one single-page operation.
+const MAX_RANGE_PAGES: u64 = 1 << 20;
+
+/// FEAT_TLBIRANGE (ID_AA64ISAR0_EL1.TLB = 0b0010): one TLBI covers a range of IPAs.
+fn has_tlbi_range() -> bool {
+    (read_sysreg!(id_aa64isar0_el1) >> 56) & 0xf >= 0b0010
+}
+
+/// `TLBI IPAS2E1IS` for each of `pages` pages from page number `first` (`ttl`: the TTL hint,
+/// already in position), no barriers.
+fn tlbi_ipa_pages(first: u64, pages: u64, ttl: u64) {
+    for i in 0..pages {
+        let operand = ((first + i) & ((1 << 40) - 1)) | ttl;
+        // SAFETY: TLB invalidation never changes memory or the hyp's own translations.
+        unsafe { core::arch::asm!("tlbi ipas2e1is, {}", in(reg) operand, options(nostack)) };
+    }
+}
+
+/// `TLBI RIPAS2E1IS` covering `pages` pages from page number `first`, in Linux's
+/// `__flush_tlb_range_op` decomposition: an odd page alone, then for SCALE = 0.. the largest
+/// (NUM + 1) * 2^(5 * SCALE + 1) block that fits. Operand: TG [47:46] = 0b01 (4 KiB),
+/// SCALE [45:44], NUM [43:39], TTL [38:37] (level hint), BaseADDR [36:0] = IPA >> 12.
+fn tlbi_ipa_ranges(first: u64, pages: u64, ttl: u64) {
+    // The hint of `ttl` is (TG << 2 | level) << 44 for the single-page form; range form: level.
+    let level = (ttl >> 44) & 0b11;
+    let (mut base, mut left, mut scale) = (first, pages, 0u64);
+    while left > 0 {
+        if left % 2 == 1 {
+            tlbi_ipa_pages(base, 1, ttl);
+            base += 1;
+            left -= 1;
+            continue;
+        }
+        let num = (left >> (5 * scale + 1)) & 0x1f;
+        if num > 0 {
+            let covered = num << (5 * scale + 1);
+            let operand = (0b01 << 46)
+                | (scale << 44)
+                | ((num - 1) << 39)
+                | (level << 37)
+                | (base & ((1 << 37) - 1));
+            // SAFETY: TLB invalidation never changes memory or the hyp's own translations.
+            // `sys #4, c8, c0, #2` is TLBI RIPAS2E1IS (named so that no target feature is needed).
+            unsafe {
+                core::arch::asm!("sys #4, c8, c0, #2, {}", in(reg) operand, options(nostack))
+            };
+            base += covered;
+            left -= covered;
+        }
+        scale += 1;
+    }
+}
+
 fn has_ttl() -> bool {
     (read_sysreg!(id_aa64mmfr2_el1) >> 48) & 0xf != 0
 }
@@ -81,7 +135,8 @@ impl TlbMaintenance for El2Platform {
     }
 
     fn invalidate_ipa_range(&mut self, vmid: Vmid, start: Ipa, pages: u64, level_hint: Option<u8>) {
-        if pages > MAX_TLBI_PAGES {
+        let range = has_tlbi_range();
+        if pages > MAX_TLBI_PAGES && !(range && pages <= MAX_RANGE_PAGES) {
             return self.invalidate_vmid(vmid);
         }
         // TTL hint (FEAT_TTL): TG = 0b01 (4 KiB) in bits [47:46], level in [45:44]; leaves exist
@@ -92,12 +147,10 @@ impl TlbMaintenance for El2Platform {
         };
         let done = with_vmid(vmid, || {
             dsb_ishst();
-            for i in 0..pages {
-                let operand = ((start.raw() >> 12) + i) & ((1 << 40) - 1) | ttl;
-                // SAFETY: TLB invalidation never changes memory or the hyp's own translations.
-                unsafe {
-                    core::arch::asm!("tlbi ipas2e1is, {}", in(reg) operand, options(nostack))
-                };
+            if range {
+                tlbi_ipa_ranges(start.raw() >> 12, pages, ttl);
+            } else {
+                tlbi_ipa_pages(start.raw() >> 12, pages, ttl);
             }
             // Stage 2 first, then the combined stage 1+2 entries (IPAS2 need not remove them).
             dsb_ish();
@@ -113,7 +166,6 @@ impl TlbMaintenance for El2Platform {
         // same call (one SMMU batch, completed by CMD_SYNC).
         crate::smmu::invalidate_ipa_range(vmid, start, pages);
     }
-
     fn invalidate_vmid(&mut self, vmid: Vmid) {
         let done = with_vmid(vmid, || {
             dsb_ishst();
