@@ -642,6 +642,21 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
             let full = cs == ea && ce == ea + size;
             let old = logical(t.read(i));
             let table = is_table(old, level);
+            if let (Target::Modify { mask, bits }, true, false) = (*target, full, table) {
+                // A whole block or invalid entry under a state/permission change: in place.
+                let new = if is_valid(old) {
+                    (old & !mask) | bits
+                } else {
+                    old
+                };
+                if new != old {
+                    t.write(i, new);
+                    if live && (old ^ new) & PERM_MASK != 0 {
+                        self.invalidate(ea, size, Some(level));
+                    }
+                }
+                continue;
+            }
             if full && (!table || target.replaces_tables()) {
                 let new = if table {
                     target.entry(0, ea, level)
