@@ -650,10 +650,10 @@ fn queries_beyond_the_ipa_limit_answer_without_panicking() {
     };
     let last = PageRange::new(Ipa(limit - PAGE_SIZE), 1).unwrap();
     w.apply(last, Op::Map { pa: 0x1000, leaf });
-    let far = PageRange::new(Ipa((u64::MAX & !0xfff) - 16 * PAGE_SIZE), 16).unwrap();
+    let far = PageRange::new(Ipa(!0xfff_u64 - 16 * PAGE_SIZE), 16).unwrap();
     let straddle = PageRange::new(Ipa(limit - PAGE_SIZE), 3).unwrap();
     assert_eq!(
-        w.s2.tables_needed_for(&w.plat, far, Some(PhysAddr(u64::MAX & !0xfff))),
+        w.s2.tables_needed_for(&w.plat, far, Some(PhysAddr(!0xfff))),
         0
     );
     assert_eq!(w.s2.tables_needed_for(&w.plat, straddle, None), 0);
