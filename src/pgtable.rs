@@ -38,12 +38,42 @@
 //! because a stale stricter entry would make the host take a permission fault the hypervisor
 //! would treat as an illegal access; a software-bit-only change needs no invalidation at all.
 //!
+//! The one request per operation covers the hull of every entry whose translation was removed,
+//! replaced or had its permissions changed, and of every table entry removed (walk caches), with
+//! the level of those entries as the hint when they were all at one level. Invalid -> valid
+//! writes need no invalidation, only [`TlbMaintenance::publish_table_writes`].
+//!
+//! # Blocks, splitting and coalescing
+//! `map` uses a 1 GiB or 2 MiB block wherever the IPA, the output address and the range allow.
+//! A change that covers part of a block (or of a block-level annotated entry) first splits it
+//! into a table of the next level that translates exactly what the block did. After the change,
+//! every table the operation touched whose 512 entries are what one entry of the level above
+//! would give (contiguous output with identical attributes and an aligned block; identical or
+//! linearly continuing annotations; all empty) is replaced by that entry, with break-before-make,
+//! and its page freed. So a share followed by an unshare of any range leaves the tables exactly
+//! as they were.
+//!
+//! # Capacity: prepare, then commit
+//! Table pages are allocated only for splits. Before writing anything an operation checks that
+//! its allocator can supply the worst case ([`Stage2::tables_needed`], a constant-time bound; if
+//! the pool is smaller, the exact count for the tables as they are, [`Stage2::tables_needed_for`])
+//! and refuses with `NoMem` otherwise, so a refused operation changed nothing and a caller that
+//! checked the bound first never sees `NoMem`. Freed pages go back to the allocator passed in.
+//!
+//! # Concurrency
+//! `&mut Stage2` stands for the lock of the component that owns the tables: the engine is the
+//! only writer. Hardware walkers (CPUs, the SMMU) read concurrently and never write (VTCR_EL2.HA
+//! and HD stay clear, no hardware access-flag or dirty-state updates), which is what makes the
+//! plain (non-volatile) scans of `uniform` sound.
+//!
 //! # API changes (from the brief)
 //! - Added [`Stage2::annotate_linear`], [`Stage2::set_sw`], [`Stage2::set_perms`] and
 //!   [`Stage2::tables_needed_for`].
 //! - [`Stage2::tables_needed`] takes `&impl PhysMemory` (it only reads; any `Platform` is one).
 //! - [`TableAllocator::alloc_table`] need not return a zeroed page: the engine writes every entry
 //!   of a new table itself (a host-donated memcache page may hold anything).
+//! - Permission-only and software-bit-only changes of a live leaf are written in place (the
+//!   architecture needs no break for them); break-before-make is used where it is required.
 //! - [`Stage2::lookup`] of an IPA at or beyond [`Stage2Config::ipa_limit`] returns
 //!   `Lookup::Empty` at the start level; [`Stage2::walk`] reports the part of a range beyond the
 //!   limit as one `Empty` chunk.
@@ -52,6 +82,8 @@ use core::ops::ControlFlow;
 
 use crate::addr::{Ipa, PageRange, PhysAddr, Vmid, PAGE_SIZE};
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::platform::TlbMaintenance;
 use crate::platform::{PhysMemory, Platform};
 
 /// Where the engine gets table pages from and returns them to (the hyp pool, or a VM's
