@@ -8,6 +8,14 @@
 //! device, the address and the direction (`DMA_FAULTS_READ`, docs/abi.md). Faulting DMAs are kept
 //! to 8 bytes (QEMU raises one event per 4 bytes) except in the deliberate overflow test.
 //!
+//! The guest half runs a protected VM (`guest-worker`, loaded by qemu-run.sh at 0x5000_0000,
+//! driven through `verso_test_kernels::vmm`) and checks that a host device follows the guest's
+//! own MEM_SHARE / MEM_UNSHARE at once: a private page is out of reach, a shared one is reachable
+//! as soon as the guest's call returned (no host call to "map it for DMA"), an unshared one is
+//! out of reach for the very next DMA even with the SMMU's TLB primed, and a reclaimed one is
+//! the host's again. What the guest sees is checked *through the guest* (its own loads), so
+//! "unchanged" means unchanged for the VM, not merely for the host.
+//!
 //! Booted bare on QEMU (no hyp, no SMMU translation) the negative tests fail: the DMA lands.
 #![no_std]
 #![no_main]
@@ -24,7 +32,9 @@ use spin::Once;
 use edu::{Direction, Edu};
 use pci::{Bdf, Ecam};
 use verso_test_kernels::harness::{run_suite, Failure, Test, TestResult};
+use verso_test_kernels::mailbox::{guest_call as gc, pattern};
 use verso_test_kernels::smccc::{self, hvc};
+use verso_test_kernels::vmm::{self, Vm, PAGE};
 use verso_test_kernels::{ensure, fail};
 
 verso_test_kernels::entry!(main);
@@ -83,6 +93,26 @@ static TESTS: &[Test] = &[
     Test {
         name: "page_returned_to_the_host_is_reachable_by_dma_again",
         run: returned_page_reachable_again,
+    },
+    Test {
+        name: "dma_into_and_out_of_a_guest_private_page_is_blocked_and_recorded",
+        run: guest_private_page_blocked,
+    },
+    Test {
+        name: "guest_mem_share_makes_its_page_dma_reachable_with_no_host_call_in_between",
+        run: guest_shared_page_reachable_at_once,
+    },
+    Test {
+        name: "guest_mem_unshare_blocks_dma_at_once_even_if_the_device_just_used_the_page",
+        run: guest_unshared_page_blocked_even_if_cached,
+    },
+    Test {
+        name: "guest_page_is_reachable_by_dma_again_after_teardown_and_reclaim",
+        run: guest_page_reachable_after_teardown,
+    },
+    Test {
+        name: "guest_512_page_share_dma_reaches_first_and_last_page_and_unshare_blocks_both",
+        run: guest_range_share,
     },
 ];
 
@@ -463,4 +493,223 @@ fn returned_page_reachable_again() -> TestResult {
     let (n, _) = drain_faults()?;
     ensure!(n == 0, "{n} fault records for DMA to a returned page");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A guest's pages (the VM runs `guest-worker`; qemu-run.sh loads it for this suite)
+
+/// Guest IPA of the VM's data pages: 16 MiB above its image, 2 MiB aligned.
+const DATA_IPA: u64 = 0x4100_0000;
+const TWO_MIB: u64 = 0x20_0000;
+
+/// A VM with `pages` private pages at [`DATA_IPA`] (host pages aligned to `align`), which the
+/// guest has filled with the pattern of `seed`; returns it and the host PA of the first page.
+fn guest_with_data(arg: u64, pages: u64, align: u64, seed: u64) -> Result<(Vm, u64), Failure> {
+    let mut vm = Vm::boot(arg)?;
+    let pa = vm.donate(DATA_IPA, pages, align)?;
+    vm.fill(DATA_IPA, pages, seed)?;
+    Ok((vm, pa))
+}
+
+/// Loads `len` bytes of the edu buffer at `offset` with the words a guest FILL of `seed` would
+/// write at `ipa..` (so that after a DMA the guest can check them with its own loads).
+fn stage_guest_words(edu: &Edu, offset: u64, ipa: u64, len: u64, seed: u64) -> TestResult {
+    for off in (0..len).step_by(8) {
+        vmm::write(page(7) + off, pattern(seed, ipa + off));
+    }
+    dma(edu, Direction::FromRam, page(7), offset, len)
+}
+
+/// Checks through the guest's own loads that the `len` bytes at `ipa` hold the pattern of `seed`.
+fn guest_sees_words(vm: &mut Vm, ipa: u64, len: u64, seed: u64) -> TestResult {
+    for a in (ipa..ipa + len).step_by(8) {
+        let got = vm.guest_read(a)?;
+        let want = pattern(seed, a);
+        ensure!(
+            got == Ok(want),
+            "guest reads {got:#x?} at IPA {a:#x}, expected {want:#x}"
+        );
+    }
+    Ok(())
+}
+
+/// A guest conversion call that must succeed for all `pages`.
+fn guest_convert(vm: &mut Vm, function: u64, ipa: u64, pages: u64) -> TestResult {
+    let r = vm.guest_call(function, ipa, pages, 0)?;
+    ensure!(
+        r[0] == 0 && r[1] == pages,
+        "guest call {function:#x}({ipa:#x}, {pages}): x0 = {}, x1 = {}",
+        r[0] as i64,
+        r[1]
+    );
+    Ok(())
+}
+
+/// Fails unless no DMA fault was recorded since the last drain.
+fn no_faults(what: &str) -> TestResult {
+    let (n, _) = drain_faults()?;
+    ensure!(n == 0, "{n} fault records for {what}");
+    Ok(())
+}
+
+/// An 8-byte DMA read of `pa` (which must fault) into the edu buffer at `offset`: proves the
+/// device got zeros (the buffer held non-zero bytes before) and the two 4-byte faults are
+/// recorded as reads by the edu's StreamID.
+fn dma_read_gets_zeros(d: &Devices, pa: u64, offset: u64) -> TestResult {
+    load_buffer(&d.edu, offset, 8, 0xa5)?;
+    dma(&d.edu, Direction::FromRam, pa, offset, 8)?;
+    fill(page(2), 8, 0x77);
+    dma(&d.edu, Direction::ToRam, page(2), offset, 8)?;
+    for i in 0..8 {
+        let b = read_byte(page(2) + i);
+        ensure!(b == 0, "byte {i} DMA-read from {pa:#x} is {b:#x}, not 0");
+    }
+    expect_faults(F_TRANSLATION, d.sid, pa, true, 2)
+}
+
+fn guest_private_page_blocked() -> TestResult {
+    let d = devices()?;
+    let (mut vm, pa) = guest_with_data(0xd1, 1, PAGE, 0x51)?;
+    drain_faults()?;
+    // Write: the device tries to overwrite 8 bytes of the guest's private page.
+    stage_guest_words(&d.edu, 0, DATA_IPA + 0x40, 8, 0x61)?;
+    dma(&d.edu, Direction::ToRam, pa + 0x40, 0, 8)?;
+    expect_faults(F_TRANSLATION, d.sid, pa + 0x40, false, 2)?;
+    // The whole page is still what the guest wrote, as the guest sees it.
+    vm.check(DATA_IPA, 1, 0x51)?;
+    // Read: the device gets zeros, not the guest's secret.
+    dma_read_gets_zeros(d, pa + 0x80, 0x100)?;
+    vm.check(DATA_IPA, 1, 0x51)?;
+    no_faults("the guest's checks")?;
+    vm.teardown()
+}
+
+fn guest_shared_page_reachable_at_once() -> TestResult {
+    let d = devices()?;
+    let (mut vm, pa) = guest_with_data(0xd2, 1, PAGE, 0x52)?;
+    drain_faults()?;
+    // Staged before the share, so that between the guest's MEM_SHARE (handled at EL2) and the
+    // DMA there is nothing but the guest's mailbox exit and MMIO writes to the edu.
+    stage_guest_words(&d.edu, 0, DATA_IPA, PAGE, 0x62)?;
+    let r = vm.guest_call(gc::MEM_SHARE, DATA_IPA, 1, 0)?;
+    dma(&d.edu, Direction::ToRam, pa, 0, PAGE)?;
+    ensure!(
+        r[0] == 0 && r[1] == 1,
+        "guest MEM_SHARE: x0 = {}, x1 = {}",
+        r[0] as i64,
+        r[1]
+    );
+    no_faults("a DMA write to a page the guest shared")?;
+    // In place: the guest sees the device's bytes in its own page.
+    vm.check(DATA_IPA, 1, 0x62)?;
+    // And the device reads what the guest writes there.
+    vm.fill(DATA_IPA, 1, 0x72)?;
+    dma(&d.edu, Direction::FromRam, pa, 0, PAGE)?;
+    dma(&d.edu, Direction::ToRam, page(3), 0, PAGE)?;
+    for off in (0..PAGE).step_by(8) {
+        let got = vmm::read(page(3) + off);
+        let want = pattern(0x72, DATA_IPA + off);
+        ensure!(
+            got == want,
+            "device read {got:#x} at IPA {:#x} of the shared page, guest wrote {want:#x}",
+            DATA_IPA + off
+        );
+    }
+    no_faults("a DMA read of a page the guest shared")?;
+    guest_convert(&mut vm, gc::MEM_UNSHARE, DATA_IPA, 1)?;
+    vm.teardown()
+}
+
+fn guest_unshared_page_blocked_even_if_cached() -> TestResult {
+    let d = devices()?;
+    let (mut vm, pa) = guest_with_data(0xd3, 1, PAGE, 0x53)?;
+    guest_convert(&mut vm, gc::MEM_SHARE, DATA_IPA, 1)?;
+    drain_faults()?;
+    // Prime the SMMU's TLB: the device writes the whole shared page, successfully.
+    stage_guest_words(&d.edu, 0, DATA_IPA, PAGE, 0x63)?;
+    dma(&d.edu, Direction::ToRam, pa, 0, PAGE)?;
+    no_faults("the priming DMA to the shared page")?;
+    vm.check(DATA_IPA, 1, 0x63)?;
+    // The next 8 bytes are staged before the unshare: nothing but edu MMIO follows it.
+    load_buffer(&d.edu, 0x800, 8, 0x99)?;
+    guest_convert(&mut vm, gc::MEM_UNSHARE, DATA_IPA, 1)?;
+    dma(&d.edu, Direction::ToRam, pa + 0x100, 0x800, 8)?;
+    expect_faults(F_TRANSLATION, d.sid, pa + 0x100, false, 2)?;
+    vm.check(DATA_IPA, 1, 0x63)?;
+    dma_read_gets_zeros(d, pa + 0x200, 0x900)?;
+    vm.check(DATA_IPA, 1, 0x63)?;
+    no_faults("the guest's checks")?;
+    vm.teardown()
+}
+
+fn guest_page_reachable_after_teardown() -> TestResult {
+    let d = devices()?;
+    let (mut vm, pa) = guest_with_data(0xd4, 1, PAGE, 0x54)?;
+    drain_faults()?;
+    // While the guest owns it the page is out of reach...
+    load_buffer(&d.edu, 0xa00, 8, 0x44)?;
+    dma(&d.edu, Direction::ToRam, pa, 0xa00, 8)?;
+    expect_faults(F_TRANSLATION, d.sid, pa, false, 2)?;
+    vm.check(DATA_IPA, 1, 0x54)?;
+    // ...and after teardown (reclaim scrubs it: `teardown` checks it came back zeroed) the
+    // host's device reaches it again, both ways, with no fault.
+    vm.teardown()?;
+    stage_guest_words(&d.edu, 0, DATA_IPA, PAGE, 0x64)?;
+    dma(&d.edu, Direction::ToRam, pa, 0, PAGE)?;
+    for off in (0..PAGE).step_by(8) {
+        let got = vmm::read(pa + off);
+        let want = pattern(0x64, DATA_IPA + off);
+        ensure!(
+            got == want,
+            "reclaimed page {:#x} holds {got:#x} after the DMA, expected {want:#x}",
+            pa + off
+        );
+    }
+    vmm::write(pa + 0x10, 0x600d_f00d);
+    dma(&d.edu, Direction::FromRam, pa + 0x10, 0xb00, 8)?;
+    fill(page(2), 8, 0);
+    dma(&d.edu, Direction::ToRam, page(2), 0xb00, 8)?;
+    let got = vmm::read(page(2));
+    ensure!(
+        got == 0x600d_f00d,
+        "DMA read of the reclaimed page got {got:#x}"
+    );
+    no_faults("DMA to and from a reclaimed page")
+}
+
+fn guest_range_share() -> TestResult {
+    const PAGES: u64 = 512;
+    let d = devices()?;
+    // 1024 pages from a 2 MiB-aligned host address at the 2 MiB-aligned DATA_IPA (block mappings
+    // possible); the shared range of 512 pages straddles the 2 MiB boundary in the middle.
+    let (mut vm, pa) = guest_with_data(0xd5, 1024, TWO_MIB, 0x55)?;
+    let ipa = DATA_IPA + 256 * PAGE;
+    let last_ipa = ipa + (PAGES - 1) * PAGE;
+    let pa_of = |i: u64| pa + (i - DATA_IPA);
+    // Host PA of the end of the range (one past its last byte).
+    let end = pa_of(last_ipa) + PAGE;
+    drain_faults()?;
+    // 64 bytes for the start of the first page, 64 for the end of the last, staged before the
+    // share.
+    stage_guest_words(&d.edu, 0, ipa, 64, 0x65)?;
+    stage_guest_words(&d.edu, 0x100, last_ipa + PAGE - 64, 64, 0x65)?;
+    load_buffer(&d.edu, 0x200, 8, 0x99)?;
+    guest_convert(&mut vm, gc::MEM_SHARE, ipa, PAGES)?;
+    dma(&d.edu, Direction::ToRam, pa_of(ipa), 0, 64)?;
+    dma(&d.edu, Direction::ToRam, end - 64, 0x100, 64)?;
+    no_faults("DMA to the first and last page of a shared range")?;
+    guest_sees_words(&mut vm, ipa, 64, 0x65)?;
+    guest_sees_words(&mut vm, last_ipa + PAGE - 64, 64, 0x65)?;
+    // The DMA TLB now holds both ends; the guest takes the range back.
+    guest_convert(&mut vm, gc::MEM_UNSHARE, ipa, PAGES)?;
+    dma(&d.edu, Direction::ToRam, pa_of(ipa), 0x200, 8)?;
+    expect_faults(F_TRANSLATION, d.sid, pa_of(ipa), false, 2)?;
+    dma(&d.edu, Direction::ToRam, end - 8, 0x200, 8)?;
+    expect_faults(F_TRANSLATION, d.sid, end - 8, false, 2)?;
+    // Both ends keep the earlier DMA's bytes, everything between the guest's own.
+    guest_sees_words(&mut vm, ipa, 64, 0x65)?;
+    guest_sees_words(&mut vm, last_ipa + PAGE - 64, 64, 0x65)?;
+    vm.check(ipa + PAGE, PAGES - 2, 0x55)?;
+    no_faults("the guest's checks")?;
+    vm.teardown()
 }
