@@ -211,7 +211,7 @@ fn main() {
         (v, p, pl)
     };
     let cell =
-        |x: Option<f64>| x.map_or_else(|| "refused (BBM)".to_string(), |v| format!("{v:.2}"));
+        |x: Option<f64>| x.map_or_else(|| "refused (BBM)".to_string(), |v| format!("{v:.3}"));
     let mut csv = String::from("engine,pages,alignment,ns_per_page\n");
     // `VERSO_BENCH_LAYOUT=pages|blocks` runs one table only (for profiling).
     let only = std::env::var("VERSO_BENCH_LAYOUT").unwrap_or_default();
@@ -247,7 +247,7 @@ fn main() {
                 let (v, p, pl) = measure(pages, alignment, layout);
                 let peer_best = [p, pl].into_iter().flatten().fold(f64::INFINITY, f64::min);
                 println!(
-                    "| {pages:>5} | {alignment:>5} | {v:>8.2} | {:>14} | {:>19} | {:>7.1}x |",
+                    "| {pages:>5} | {alignment:>5} | {v:>8.3} | {:>14} | {:>19} | {:>7.1}x |",
                     cell(p),
                     cell(pl),
                     peer_best / v
