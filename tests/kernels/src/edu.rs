@@ -1,5 +1,6 @@
-//! QEMU's `edu` device (included by `bin/dma_suite.rs` with `#[path]`) (hw/misc/edu.c, docs/specs/edu.rst) as a DMA engine: it copies between
-//! its 4 KiB internal buffer (device address 0x40000) and memory, through the SMMU.
+//! QEMU's `edu` device (hw/misc/edu.c, docs/specs/edu.rst) as a DMA engine: it copies between
+//! its 4 KiB internal buffer (device address 0x40000) and memory, through the SMMU. Included by
+//! `bin/dma_suite.rs` and `bin/demo.rs` with `#[path]`.
 //!
 //! Run it with `-device edu,dma_mask=0xffffffffffffffff`: the default mask silently truncates
 //! DMA addresses to 28 bits.

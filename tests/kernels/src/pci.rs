@@ -1,6 +1,7 @@
-//! Just enough PCI for the DMA suite (included by `bin/dma_suite.rs` with `#[path]`): find the ECAM the DTB names, make it reachable from EL1,
-//! read and write configuration space, find a device, give it a BAR and bus mastering, and set
-//! up a PCIe root port so a device can sit on bus 1.
+//! Just enough PCI for the DMA suite and the demo (both include it with `#[path]`): find the
+//! ECAM the DTB names, make it reachable from EL1, read and write configuration space, find a
+//! device, give it a BAR and bus mastering, and set up a PCIe root port so a device can sit on
+//! bus 1.
 //!
 //! Nothing assigns BARs under `-kernel` (no firmware), so this module does: 32-bit memory BARs
 //! are placed in QEMU virt's 32-bit MMIO window, which the host's stage-2 and the runtime's

@@ -1,8 +1,18 @@
 //! The demo host kernel that `./qemu-run.sh` boots under Verso: it shows, one line each, what
 //! an untrusted host may touch (its own RAM, the UART) and what it may not (the hyp's memory, the
-//! SMMU), with the abort Verso injects for each refused access, then powers off via PSCI.
+//! SMMU), with the abort Verso injects for each refused access; then a protected VM that shares
+//! a page in place, and a PCI device (QEMU's `edu`, behind the SMMU) whose DMA into that page is
+//! refused while it is private and lands once the guest shares it; then powers off via PSCI.
 #![no_std]
 #![no_main]
+
+// Shared with dma-suite, which uses all of them; the demo needs only a part.
+#[allow(dead_code)]
+#[path = "../edu.rs"]
+mod edu;
+#[allow(dead_code)]
+#[path = "../pci.rs"]
+mod pci;
 
 use verso_test_kernels::exception::{probe_read_u32, probe_read_u64, probe_write_u64, Fault};
 use verso_test_kernels::smccc::{self, hvc};
@@ -174,6 +184,7 @@ fn vm_demo() {
         );
         let kept = Guest(vm.guest_read(DEMO_DATA_IPA)?);
         println!("  guest still reads {kept} at IPA {DEMO_DATA_IPA:#x}");
+        dma_demo(&mut vm, pa)?;
         vm.teardown()?;
         println!("  VM torn down: every page back to the host, zeroed");
         Ok(())
@@ -181,6 +192,98 @@ fn vm_demo() {
     if let Err(f) = outcome {
         println!("  VM demo stopped: {}", f.reason());
     }
+}
+
+/// What the device writes: "DMA-EDU!" as a little-endian word.
+const DEVICE_WORD: u64 = 0x2155_4445_2d41_4d44;
+/// Where the edu's BAR0 goes (QEMU virt's 32-bit PCI MMIO window).
+const EDU_BAR: u32 = 0x1000_0000;
+/// `DMA_FAULTS_READ` (docs/abi.md).
+const DMA_FAULTS_READ: u64 = 0xc600_8010;
+
+/// The guest's page (private again after the unshare) meets a host device: the edu's DMA into
+/// it is refused and recorded; the guest shares the page, and the same DMA lands, in place.
+fn dma_demo(
+    vm: &mut verso_test_kernels::vmm::Vm,
+    pa: u64,
+) -> Result<(), verso_test_kernels::harness::Failure> {
+    use edu::{Direction, Edu};
+    use verso_test_kernels::mailbox::guest_call;
+    use verso_test_kernels::vmm::{self, PAGE};
+
+    let Some(ecam) = pci::Ecam::from_dtb() else {
+        println!("  no PCI host bridge in the DTB: no DMA demo");
+        return Ok(());
+    };
+    let Some(bdf) = ecam.find(0, edu::VENDOR, edu::DEVICE) else {
+        println!("  no edu device on PCI bus 0 (-device edu,dma_mask=...): no DMA demo");
+        return Ok(());
+    };
+    ecam.enable(bdf, EDU_BAR);
+    let edu = Edu::at(u64::from(EDU_BAR));
+    let sid = bdf.requester_id();
+    println!("a PCI device (edu, StreamID {sid:#x}) DMAs into the guest's page:");
+    // The device's 8 bytes, staged through a host page into its buffer.
+    let staging = vmm::alloc_pages(1, PAGE)?;
+    vmm::write(staging, DEVICE_WORD);
+    let mut ok = edu.dma(Direction::FromRam, staging, 0, 8);
+    drain_dma_faults();
+
+    ok &= edu.dma(Direction::ToRam, pa, 0, 8);
+    match drain_dma_faults() {
+        (0, _) => println!("  edu DMA write to PA {pa:#x} (private): NOT refused"),
+        (n, Some((fault_sid, addr, read))) => println!(
+            "  edu DMA write to PA {pa:#x} (private): refused, {n} SMMU fault records, first: \
+             StreamID {fault_sid:#x}, {} at {addr:#x}",
+            if read { "read" } else { "write" }
+        ),
+        (n, None) => println!("  edu DMA write to PA {pa:#x} (private): {n} records?"),
+    }
+    let seen = Guest(vm.guest_read(DEMO_DATA_IPA)?);
+    println!("  guest still reads {seen} at IPA {DEMO_DATA_IPA:#x}");
+
+    let r = vm.guest_call(guest_call::MEM_SHARE, DEMO_DATA_IPA, 1, 0)?;
+    println!(
+        "  guest MEM_SHARE({DEMO_DATA_IPA:#x}, 1) -> x0 = {}, x1 = {}",
+        r[0] as i64, r[1]
+    );
+    // Nothing but MMIO to the edu between the guest's share and this DMA.
+    ok &= edu.dma(Direction::ToRam, pa, 0, 8);
+    let (n, _) = drain_dma_faults();
+    let seen = Guest(vm.guest_read(DEMO_DATA_IPA)?);
+    println!(
+        "  edu DMA write to PA {pa:#x} (shared): {}; guest reads {seen}{}",
+        if n == 0 { "accepted" } else { "REFUSED" },
+        if seen.0 == Ok(DEVICE_WORD) {
+            " (\"DMA-EDU!\": the device's bytes)"
+        } else {
+            ""
+        }
+    );
+    let r = vm.guest_call(guest_call::MEM_UNSHARE, DEMO_DATA_IPA, 1, 0)?;
+    println!(
+        "  guest MEM_UNSHARE({DEMO_DATA_IPA:#x}, 1) -> x0 = {}, x1 = {}",
+        r[0] as i64, r[1]
+    );
+    if !ok {
+        println!("  (an edu DMA did not finish)");
+    }
+    Ok(())
+}
+
+/// Reads every waiting DMA fault record; returns how many and the first as (StreamID, address,
+/// whether the device was reading).
+fn drain_dma_faults() -> (usize, Option<(u32, u64, bool)>) {
+    let mut first = None;
+    for n in 0..1000 {
+        match hvc([DMA_FAULTS_READ, 0, 0, 0]) {
+            Ok([0, x1, x2, _]) if x1 >> 63 == 1 => {
+                first.get_or_insert((x1 as u32, x2, x1 & 1 << 40 != 0));
+            }
+            _ => return (n, first),
+        }
+    }
+    (1000, first)
 }
 
 /// What a guest's load returned: the value, or the abort injected into it.
