@@ -1430,3 +1430,114 @@ fn count_split(d: u64, level: u8, ea: u64, cs: u64, ce: u64, t: &Target) -> usiz
         })
         .sum::<usize>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakePlatform, FakeTableAllocator};
+
+    #[test]
+    fn vtcr_for_48_bit_ipa_matches_the_architecture_reference_value() {
+        // arm-el2-facts §2 config (a): T0SZ 16, SL0 L0, WBWA, inner shareable, 4K, PS 48 bits,
+        // 16-bit VMID, RES1.
+        let cfg = Stage2Config::for_ipa_bits(48).unwrap();
+        assert_eq!(
+            cfg,
+            Stage2Config {
+                ipa_bits: 48,
+                start_level: 0
+            }
+        );
+        assert_eq!(cfg.vtcr(0b101), 0x800D_3590);
+        let l1 = Stage2Config::for_ipa_bits(39).unwrap();
+        assert_eq!(l1.start_level, 1);
+        assert_eq!(l1.vtcr(0b101) & 0xff, 25 | 0b01 << 6);
+        assert_eq!(l1.ipa_limit(), 1 << 39);
+    }
+
+    #[test]
+    fn leaf_descriptors_use_the_stage2_format_walkers_expect() {
+        let rw_normal = Leaf {
+            perms: Perms::RW,
+            mem: MemType::Normal,
+            sw: 2,
+        };
+        let d = leaf_bits(&rw_normal);
+        assert_eq!(d >> 2 & 0xf, 0b1111, "MemAttr Normal WB");
+        assert_eq!(d >> 6 & 0b11, 0b11, "S2AP RW");
+        assert_eq!(d >> 8 & 0b11, 0b11, "inner shareable");
+        assert_ne!(d & AF, 0, "AF set: the SMMU has no hardware access flag");
+        assert_ne!(d & XN, 0, "no exec");
+        assert_eq!(d >> 55 & 0b11, 2, "software state bits");
+        assert_eq!(decode_leaf(d), rw_normal);
+        let dev = leaf_bits(&Leaf {
+            perms: Perms::RO,
+            mem: MemType::Device,
+            sw: 0,
+        });
+        assert_eq!(dev >> 2 & 0xf, 0b0001, "Device-nGnRE");
+        assert_eq!(dev >> 6 & 0b11, 0b01, "S2AP RO");
+    }
+
+    #[test]
+    fn annotations_are_invalid_entries_that_round_trip() {
+        let ann = Annotation {
+            owner: 5,
+            meta: META_MAX,
+        };
+        for linear in [false, true] {
+            let d = encode_ann(ann, linear);
+            assert!(!is_valid(d) && d != 0 && !is_pending(d));
+            assert_eq!(decode(d, 2, 0), Lookup::Annotated { ann, level: 2 });
+        }
+        // A linear block annotation reports the metadata of each page.
+        let d = encode_ann(
+            Annotation {
+                owner: 2,
+                meta: 100,
+            },
+            true,
+        );
+        let got = decode(d, 2, 7);
+        assert_eq!(
+            got,
+            Lookup::Annotated {
+                ann: Annotation {
+                    owner: 2,
+                    meta: 107
+                },
+                level: 2
+            }
+        );
+    }
+
+    #[test]
+    fn pending_entries_are_invalid_and_remember_their_final_value() {
+        for d in [
+            0x4000_0000
+                | BLOCK
+                | leaf_bits(&Leaf {
+                    perms: Perms::RWX,
+                    mem: MemType::Normal,
+                    sw: 3,
+                }),
+            0x8_0000_1000 | TABLE_OR_PAGE,
+        ] {
+            let p = pending(d);
+            assert!(!is_valid(p) && is_pending(p));
+            assert_eq!(logical(p), d);
+        }
+    }
+
+    #[test]
+    fn vttbr_carries_root_and_vmid() {
+        let mut plat = FakePlatform::new(PhysAddr(0x4000_0000), 1 << 20);
+        let mut alloc = FakeTableAllocator::new(PhysAddr(0x4000_0000), 256);
+        let cfg = Stage2Config::for_ipa_bits(40).unwrap();
+        let s2 = Stage2::new(cfg, Vmid(0x1234), &mut plat, &mut alloc).unwrap();
+        assert_eq!(s2.vttbr(), s2.root().raw() | 0x1234 << 48);
+        assert_eq!(s2.table_pages(), 1);
+        s2.destroy(&mut plat, &mut alloc);
+        assert_eq!(alloc.outstanding(), 0);
+    }
+}
