@@ -24,7 +24,8 @@ pub struct PoolTables;
 
 impl TableAllocator for PoolTables {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        crate::pool::alloc_zeroed(PAGE_SIZE)
+        // Not zeroed: the engine writes all 512 entries of every table it allocates.
+        crate::pool::alloc(PAGE_SIZE)
     }
     fn free_table(&mut self, pa: PhysAddr) {
         // SAFETY: the engine returns only pages it got from `alloc_table` and no longer uses.

@@ -24,17 +24,26 @@ pub unsafe fn init(start: u64, end: u64) {
 /// `bytes` (rounded up to pages) of zeroed, page-aligned pool memory, or `None` when exhausted.
 pub fn alloc_zeroed(bytes: u64) -> Option<PhysAddr> {
     let size = bytes.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE) as usize;
+    let pa = alloc(bytes)?;
+    // SAFETY: the allocator just handed out `size` bytes at `pa`, mapped RW in the hyp stage-1.
+    unsafe { core::ptr::write_bytes(pa.raw() as *mut u8, 0, size) };
+    Some(pa)
+}
+
+/// `bytes` (rounded up to pages) of page-aligned pool memory with whatever it last held, or
+/// `None` when exhausted. For callers that write every byte themselves (stage-2 table pages:
+/// the engine fills each new table; zeroing it first cost ~1,500 instructions per split).
+pub fn alloc(bytes: u64) -> Option<PhysAddr> {
+    let size = bytes.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE) as usize;
     let layout = Layout::from_size_align(size, PAGE_SIZE as usize).ok()?;
     let ptr = POOL.lock().alloc(layout).ok()?;
-    // SAFETY: the allocator just handed out `size` bytes at `ptr`, mapped RW in the hyp stage-1.
-    unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, size) };
     Some(PhysAddr(ptr.as_ptr() as u64))
 }
 
 /// Returns `bytes` at `pa` (from [`alloc_zeroed`] with the same size) to the pool.
 ///
 /// # Safety
-/// `pa`/`bytes` must come from one earlier `alloc_zeroed` and no longer be used.
+/// `pa`/`bytes` must come from one earlier `alloc_zeroed` or `alloc` and no longer be used.
 pub unsafe fn free(pa: PhysAddr, bytes: u64) {
     let size = bytes.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE) as usize;
     if let (Ok(layout), Some(ptr)) = (
