@@ -7,6 +7,8 @@
 #   ./qemu-run.sh bench        instruction counts (-icount shift=0) of hypercalls, vCPU round trips,
 #                              in-place conversion vs a bounce-buffer copy; prints a table, writes CSV
 #   ./qemu-run.sh --gdb [K]    boot payload K (default: demo) with QEMU halted, waiting for gdb on :1234
+#   ./qemu-run.sh linux [ARGS] boot an unmodified Debian arm64 kernel under Verso with the `linux`
+#                              suite's initramfs (tests/linux/); ARGS are added to its bootargs
 #
 # Both modes set themselves up first: the Rust targets and llvm-tools for the pinned toolchain, and
 # QEMU >= 8.2 (on Debian bookworm from bookworm-backports; installed when run as root, otherwise
@@ -48,6 +50,17 @@ EXTRA_PAYLOADS=(demo vm-bench guest-worker)
 BENCH_PAYLOAD=vm-bench
 BENCH_GUEST=guest-worker
 BENCH_CSV=$OUT/bench.csv
+
+# The `linux` suite (tests/linux/, docs/boot.md "Booting Linux"): an unmodified Debian arm64 cloud
+# kernel boots under Verso with an initramfs whose /init checks, from Linux user space, what Verso
+# handed the kernel. The kernel is downloaded once into LINUX_OUT (tests/linux/fetch-kernel.sh).
+# QEMU hands `-initrd` only to a kernel it loads itself (not to Verso's ELF), so the initramfs is
+# loaded at LINUX_INITRD_ADDR and named by Linux's own `initrd=<addr>,<size>` bootarg.
+LINUX_OUT=$OUT/linux
+LINUX_INIT_ELF=$TARGET_DIR/$KERNEL_TARGET/release/verso-linux-init
+LINUX_INITRD_ADDR=0x48000000
+LINUX_CPUS=4
+LINUX_TIMEOUT=180
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'qemu-run.sh: %s\n' "$*" >&2; exit 1; }
@@ -251,10 +264,20 @@ run_cargo_test() {
 run_suite() {
   local name=$1 payload=$2 cpus=$3 args=$4 limit=$5 guest=${6:--} extra=${7:-}
   qemu_cmd "$payload" "$cpus" "$args" "$guest" "$extra"
+  run_qemu_suite "$name" "$limit"
+}
+
+# run_qemu_suite NAME TIMEOUT [LOG]: boots QEMU_CMD under the timeout, prints its lines and adds its
+# PASS/FAIL lines to the totals (one more failure for a timeout, a crash or a missing or wrong
+# summary). Leaves QEMU's exit status in SUITE_RC and, if LOG is given, the console output there.
+SUITE_RC=0
+run_qemu_suite() {
+  local name=$1 limit=$2 keep=${3:-}
   say "== suite $name: timeout $limit $(shown_cmd)"
   local log rc=0
   log=$(mktemp)
   timeout "$limit" "${QEMU_CMD[@]}" </dev/null >"$log" 2>&1 || rc=$?
+  SUITE_RC=$rc
   tr -d '\r' <"$log" >"$log.clean"
   # Every line, except that the suite's own summary is relabelled so the only bare
   # "N passed, N failed" line is the grand total at the end.
@@ -263,6 +286,9 @@ run_suite() {
   p=$(grep -c '^PASS: ' "$log.clean" || true)
   f=$(grep -c '^FAIL: ' "$log.clean" || true)
   summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log.clean" | tail -n1 || true)
+  if [ -n "$keep" ]; then
+    cp "$log.clean" "$keep"
+  fi
   rm -f "$log" "$log.clean"
   PASSED=$((PASSED + p))
   FAILED=$((FAILED + f))
@@ -282,6 +308,145 @@ run_suite() {
   fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# The `linux` suite
+
+# Downloads (once) the Debian kernel into LINUX_OUT. Returns 0 when LINUX_OUT/Image is there;
+# 2 when it cannot be had for want of a network or mirror (LINUX_UNAVAILABLE says why); 1 on any
+# other failure.
+LINUX_UNAVAILABLE=""
+linux_kernel() {
+  local err rc=0
+  err=$(mktemp)
+  tests/linux/fetch-kernel.sh "$LINUX_OUT" 2>"$err" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    cat "$err" >&2
+    LINUX_UNAVAILABLE=$(tail -n1 "$err" | sed 's/^fetch-kernel: //')
+  fi
+  rm -f "$err"
+  return "$rc"
+}
+
+# linux_initramfs EXTRA_BOOTARGS: builds /init (tests/linux, a workspace of its own so the root
+# `cargo test` stays host-only) and packs LINUX_OUT/initramfs.cpio with what /init is to expect;
+# sets LINUX_BOOTARGS (the payload's bootargs, without Verso's words).
+linux_initramfs() {
+  cargo build --release --manifest-path tests/linux/Cargo.toml --target "$KERNEL_TARGET" \
+    --target-dir "$TARGET_DIR" || return 1
+  local dir=$LINUX_OUT/initramfs.d cpio=$LINUX_OUT/initramfs.cpio marker size placeholder pass
+  mkdir -p "$dir"
+  marker=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  printf '%s\n' "$marker" >"$dir/marker"
+  printf '%s\n' "$LINUX_CPUS" >"$dir/cpus"
+  # Random bytes, packed last: /init checks their SHA-256, so a truncated or altered initramfs fails.
+  head -c 1048576 /dev/urandom >"$dir/blob"
+  sha256sum "$dir/blob" | cut -d' ' -f1 >"$dir/blob.sha256"
+  # The initrd size goes into the bootargs, which are packed too: a fixed-width size lets the
+  # second pass produce an archive exactly as long as the first.
+  placeholder=0x00000000
+  size=$placeholder
+  for pass in 1 2; do
+    LINUX_BOOTARGS="console=ttyAMA0 rdinit=/init panic=-1 initrd=$LINUX_INITRD_ADDR,$size marker=$marker${1:+ $1}"
+    # What Linux must see: the whole -append string minus every verso.* word (docs/boot.md).
+    printf '%s\n' "$HYP_ARGS $LINUX_BOOTARGS" | tr ' ' '\n' | grep -v -e '^verso\.' -e '^$' |
+      paste -sd' ' >"$dir/cmdline"
+    tests/linux/mkinitramfs.sh "$cpio" <<LIST || return 1
+dir dev 755
+nod dev/console 600 c 5 1
+dir proc 755
+dir sys 755
+file init 755 $LINUX_INIT_ELF
+dir expect 755
+file expect/marker 644 $dir/marker
+file expect/cpus 644 $dir/cpus
+file expect/cmdline 644 $dir/cmdline
+file expect/blob.sha256 644 $dir/blob.sha256
+file expect/blob 644 $dir/blob
+LIST
+    size=$(printf '0x%08x' "$(stat -c %s "$cpio")")
+    [ "$pass" = 1 ] || [ "${#size}" -eq "${#placeholder}" ] || return 1
+  done
+}
+
+# Fills QEMU_CMD: the machine of qemu_cmd, the Debian Image as the payload, the initramfs at
+# LINUX_INITRD_ADDR; -no-reboot so a kernel panic (panic=-1) ends QEMU instead of looping.
+linux_qemu_cmd() {
+  QEMU_CMD=(
+    "$QEMU" -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max -smp "$LINUX_CPUS" -m 1G
+    -nographic -semihosting -nic none -no-reboot
+    -kernel "$HYP_ELF"
+    -device "loader,file=$LINUX_OUT/Image,addr=$PAYLOAD_ADDR,force-raw=on"
+    -device "loader,file=$LINUX_OUT/initramfs.cpio,addr=$LINUX_INITRD_ADDR,force-raw=on"
+    -append "$HYP_ARGS $LINUX_BOOTARGS"
+  )
+}
+
+# linux_check NAME CONDITION-STATUS WHY: one PASS/FAIL line judged from the console log.
+linux_check() {
+  if [ "$2" -eq 0 ]; then
+    say "PASS: $1"
+    PASSED=$((PASSED + 1))
+  else
+    say "FAIL: $1 ($3)"
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+# The suite: /init's checks (counted like any suite's), then what only the console shows.
+run_linux_suite() {
+  local rc=0
+  linux_kernel || rc=$?
+  if [ "$rc" -eq 2 ]; then
+    # No network is not a failure of Verso, but it is not a pass either: nothing is counted.
+    say "SKIP: linux_boots_unchanged_on_verso ($LINUX_UNAVAILABLE)"
+    return 0
+  elif [ "$rc" -ne 0 ]; then
+    say "FAIL: suite linux (the Debian kernel: $LINUX_UNAVAILABLE)"
+    FAILED=$((FAILED + 1))
+    return 0
+  fi
+  say "== suite linux: kernel $(cat "$LINUX_OUT/Image.source")"
+  if ! linux_initramfs ""; then
+    say "FAIL: suite linux (building /init or the initramfs failed)"
+    FAILED=$((FAILED + 1))
+    return 0
+  fi
+  linux_qemu_cmd
+  local log
+  log=$(mktemp)
+  run_qemu_suite linux "$LINUX_TIMEOUT" "$log"
+  local status=0 secondaries
+  grep -q "payload: arm64 Image at $PAYLOAD_ADDR" "$log" && grep -q "entering host at $PAYLOAD_ADDR" "$log" || status=1
+  linux_check linux_console_shows_verso_entering_the_kernel "$status" \
+    "no 'payload: arm64 Image' / 'entering host at $PAYLOAD_ADDR' line from Verso"
+  secondaries=$(grep -cE '^\[verso cpu[0-9]+ INFO *\] cpu[0-9]+ \(mpidr [0-9a-fx]+\) up, entering host' "$log" || true)
+  status=0
+  [ "$secondaries" -eq $((LINUX_CPUS - 1)) ] || status=1
+  linux_check linux_secondaries_enter_through_verso_psci_relay "$status" \
+    "$secondaries of $((LINUX_CPUS - 1)) secondary CPUs passed through Verso's EL2 entry"
+  status=0
+  ! grep -qE 'VERSO PANIC|Kernel panic' "$log" || status=1
+  linux_check linux_boot_has_no_verso_panic_and_no_kernel_panic "$status" \
+    "$(grep -m1 -E 'VERSO PANIC|Kernel panic' "$log" || true)"
+  status=0
+  [ "$SUITE_RC" -eq 0 ] && grep -q 'reboot: Power down' "$log" || status=1
+  linux_check linux_powers_off_through_psci_system_off "$status" \
+    "QEMU exit status $SUITE_RC, 'reboot: Power down' $(grep -c 'reboot: Power down' "$log" || true) times"
+  rm -f "$log"
+}
+
+# `./qemu-run.sh linux [ARGS]`: the same boot in the foreground (Ctrl-a x leaves QEMU).
+run_linux() {
+  local rc=0
+  linux_kernel || rc=$?
+  [ "$rc" -eq 0 ] || die "no Debian kernel: $LINUX_UNAVAILABLE"
+  say "== kernel: $(cat "$LINUX_OUT/Image.source")"
+  linux_initramfs "$*" || die "building /init or the initramfs failed"
+  linux_qemu_cmd
+  say "== boot: $(shown_cmd)"
+  "${QEMU_CMD[@]}"
+}
+
 run_tests() {
   run_cargo_test
   local line name payload cpus args limit guest extra built=yes
@@ -299,6 +464,12 @@ run_tests() {
       FAILED=$((FAILED + 1))
     fi
   done
+  if [ "$built" = yes ]; then
+    run_linux_suite
+  else
+    say "FAIL: suite linux (not run: the build failed)"
+    FAILED=$((FAILED + 1))
+  fi
   say "$PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
 }
@@ -382,13 +553,19 @@ case "${1:-}" in
     build
     run_bench
     ;;
+  linux)
+    setup
+    build
+    shift
+    run_linux "$@"
+    ;;
   --gdb)
     setup
     build
     run_gdb "${2:-}"
     ;;
   -h | --help)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown mode '$1' (try --help)"
