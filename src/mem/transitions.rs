@@ -389,9 +389,11 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
                 Ok(())
             })?;
         }
+        // The exact need of the tables as they are: unmapping whole entries allocates nothing,
+        // so a dying VM whose memcache is spent can still give every lent page back.
         check_capacity(
             guest.memcache.available(),
-            guest.stage2.tables_needed(&*plat, ipas),
+            guest.stage2.tables_needed_for(&*plat, ipas, None),
         )?;
 
         for run in runs(&guest.stage2, &*plat, ipas) {
