@@ -1,10 +1,11 @@
 //! Model-based random testing: long random sequences of transitions (seeded, reproducible) over
 //! page ranges of every shape, on several VMs, run against the real tables and against a small
 //! pure model of who owns and who sees what. After every step the result must be exactly the
-//! model's, and the pages the step named must translate exactly as the model says in the host
-//! CPU view, the DMA view (the SMMU walks the host stage-2 itself, so it is the same table) and
-//! every guest view; every 1,000 steps and at the end, every page and every table is compared
-//! and the full consistency checker runs.
+//! model's, and every page the step could have changed (each page of the ranges it named, and
+//! each host page backing a named guest range, before and after) must translate exactly as the
+//! model says in the host CPU view, the DMA view (the SMMU walks the host stage-2 itself, so it
+//! is the same table) and every guest view; every 1,000 steps and at the end, every page and
+//! every table is compared and the full consistency checker runs.
 //!
 //! `VERSO_SEED=<n>` replays a run; `VERSO_MODEL_STEPS=<n>` changes its length (default 100,000).
 
@@ -690,8 +691,9 @@ impl Test {
         }
     }
 
-    fn check_touched(&self, op: &Op) {
-        let (host, guest) = match *op {
+    /// The host and guest page ranges `op` names.
+    fn named(op: &Op) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
+        match *op {
             Op::ShareHyp(p, n)
             | Op::UnshareHyp(p, n)
             | Op::Pin(p, n, _)
@@ -709,20 +711,47 @@ impl Test {
             | Op::Relinquish(_, i, n)
             | Op::Reclaim(_, i, n) => (None, Some((i, n))),
             Op::StartTeardown(_) | Op::Finalize(_) => (None, None),
+        }
+    }
+
+    /// The host pages that back, in any VM of the model, the guest IPAs `op` names: a guest-side
+    /// call changes the host's (and the DMA's) view of exactly these pages. Taken before the
+    /// step, as the step may remove the mapping that links them.
+    fn backing(&self, op: &Op) -> Vec<u64> {
+        let Some((i, n)) = Self::named(op).1 else {
+            return Vec::new();
         };
-        // The first and last pages and a few in between: the full check below covers the rest.
-        let pick = |s: u64, n: u64| [s, s + n / 2, s + n - 1];
+        let mut pages: Vec<u64> = self
+            .m
+            .vms
+            .values()
+            .flat_map(|v| v.map.range(i..i + n).map(|(_, g)| *g))
+            .filter_map(|g| match g {
+                GPage::Mapped { pa, .. } => Some(pa),
+                GPage::Poisoned => None,
+            })
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
+    }
+
+    /// After a step, every page it could have changed must translate as the model says: every
+    /// host page of the named host range, every guest page of the named guest range in every
+    /// VM, and every host page backing that guest range before or after the step (the host CPU
+    /// view, which is also the DMA view).
+    fn check_touched(&self, op: &Op, backing_before: &[u64]) {
+        let (host, guest) = Self::named(op);
         if let Some((p, n)) = host {
-            for k in pick(p, n) {
-                if k < RAM_PAGES {
-                    self.check_host_page(k);
-                }
+            for k in p..(p + n).min(RAM_PAGES) {
+                self.check_host_page(k);
             }
         }
         if let Some((i, n)) = guest {
-            for g in pick(i, n) {
-                self.check_guest_pages(g, 1);
-            }
+            self.check_guest_pages(i, n);
+        }
+        for k in backing_before.iter().chain(self.backing(op).iter()) {
+            self.check_host_page(*k);
         }
     }
 
@@ -796,6 +825,7 @@ fn random_transition_sequences_agree_with_the_model_in_every_view() {
     let mut per_op: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for step in 0..steps {
         let op = t.random_op();
+        let backing = t.backing(&op);
         let ok = t.step(step, &op);
         succeeded += u64::from(ok);
         let name = format!("{op:?}");
@@ -803,7 +833,7 @@ fn random_transition_sequences_agree_with_the_model_in_every_view() {
             .entry(name[..name.find('(').unwrap_or(name.len())].to_string())
             .or_default();
         *e = (e.0 + u64::from(ok), e.1 + 1);
-        t.check_touched(&op);
+        t.check_touched(&op, &backing);
         if step % 1000 == 999 {
             t.check_everything(step);
         }
