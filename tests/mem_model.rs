@@ -11,6 +11,9 @@
 
 mod mem_support;
 
+/// A range of pages: (first page index, number of pages).
+type Span = (u64, u64);
+
 use std::collections::BTreeMap;
 
 use mem_support::World;
@@ -691,8 +694,8 @@ impl Test {
         }
     }
 
-    /// The host and guest page ranges `op` names.
-    fn named(op: &Op) -> (Option<(u64, u64)>, Option<(u64, u64)>) {
+    /// The host and guest page ranges `op` names, as (first page, pages).
+    fn named(op: &Op) -> (Option<Span>, Option<Span>) {
         match *op {
             Op::ShareHyp(p, n)
             | Op::UnshareHyp(p, n)
