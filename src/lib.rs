@@ -30,7 +30,7 @@ pub mod iommu;
 pub mod mem;
 pub mod pgtable;
 pub mod platform;
-pub mod vcpu;
-pub mod vm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vcpu;
+pub mod vm;
