@@ -651,6 +651,16 @@ impl Vm {
     /// A failure naming the step, or the first page that is not zero.
     pub fn teardown(&mut self) -> Result<(), Failure> {
         call_ok("VM_START_TEARDOWN", id::VM_START_TEARDOWN, &[self.handle])?;
+        self.finish_teardown()
+    }
+
+    /// The rest of [`Vm::teardown`] for a VM whose VM_START_TEARDOWN already succeeded (e.g. on
+    /// another CPU, racing a VCPU_RUN): reclaims, finalizes and checks every page came back
+    /// zeroed.
+    ///
+    /// # Errors
+    /// As [`Vm::teardown`].
+    pub fn finish_teardown(&mut self) -> Result<(), Failure> {
         self.torn_down = true;
         for r in self.regions.iter().flatten() {
             let s = call_status(id::VM_RECLAIM, &[self.handle, r.ipa / PAGE, r.pages])?;
