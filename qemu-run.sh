@@ -42,6 +42,7 @@ GUEST_ADDR=0x50000000
 SUITES=(
   "host        host-suite   4   suite=host   60   -"
   "vm          vm-suite     4   suite=vm     120  guest-worker"
+  "smp         smp-suite    4   suite=smp    240  guest-worker"
   "dma         dma-suite    2   suite=dma    120  guest-worker -device edu,dma_mask=0xffffffffffffffff -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 -device edu,bus=rp1,dma_mask=0xffffffffffffffff"
 )
 # Payloads built besides the suites'.
