@@ -521,6 +521,7 @@ impl TablePtr {
 struct Pass<'a, P, A> {
     plat: &'a mut P,
     alloc: &'a mut A,
+    splits: &'a mut SplitCache,
     inv: Option<(u64, u64, Option<u8>)>,
     pending: Option<(u64, u64)>,
     free_head: Option<PhysAddr>,
@@ -552,6 +553,7 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
     /// invalidation. The link word reuses entry 0 as an invalid entry, so a walker that still
     /// uses a cached pointer to this table faults (and retries) instead of translating.
     fn detach(&mut self, pa: PhysAddr, level: u8) {
+        self.splits.untrack(pa);
         let t = TablePtr::new(&*self.plat, pa);
         if level < 3 {
             for i in 0..ENTRIES {
@@ -571,6 +573,7 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
 
     /// Free a table page that was never reachable by a walker, with its subtree.
     fn free_unreachable(&mut self, pa: PhysAddr, level: u8) {
+        self.splits.untrack(pa);
         let t = TablePtr::new(&*self.plat, pa);
         if level < 3 {
             for i in 0..ENTRIES {
@@ -601,7 +604,10 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
             return;
         }
         if is_table(old, level) {
-            self.detach(PhysAddr(old & ADDR_MASK), level + 1);
+            let child = PhysAddr(old & ADDR_MASK);
+            if !self.park(child, level + 1, new) {
+                self.detach(child, level + 1);
+            }
             self.invalidate(ea, size, None);
             if is_valid(new) {
                 t.write(i, pending(new));
@@ -635,9 +641,37 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
     }
 
     /// Apply `target` to `[s, e)` within the table at `table_pa` (level `level`, covering from
-    /// `base`). `live` says whether walkers can reach this table.
+    /// `base`). `live` says whether walkers can reach this table. Keeps the deviation count of a
+    /// tracked table exact: the entries of the range are compared with the table's origin before
+    /// and after (work proportional to what the operation touches anyway).
     #[allow(clippy::too_many_arguments)]
     fn update(
+        &mut self,
+        table_pa: PhysAddr,
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        target: &Target,
+        live: bool,
+    ) {
+        let first = ((s - base) >> shift(level)) as usize;
+        let last = ((e - 1 - base) >> shift(level)) as usize;
+        let t = TablePtr::new(&*self.plat, table_pa);
+        let before = self.splits.get(table_pa).map(|tr| {
+            let (exp0, step) = (tr.exp0, step(tr.exp0, level));
+            (exp0, step, deviations(t, first, last, exp0, step))
+        });
+        self.update_entries(table_pa, level, base, s, e, target, live);
+        if let Some((exp0, step, before)) = before {
+            let after = deviations(t, first, last, exp0, step);
+            self.splits.adjust(table_pa, before, after);
+        }
+    }
+
+    /// The body of [`Self::update`].
+    #[allow(clippy::too_many_arguments)]
+    fn update_entries(
         &mut self,
         table_pa: PhysAddr,
         level: u8,
@@ -703,7 +737,7 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
             if table {
                 let child = PhysAddr(old & ADDR_MASK);
                 self.update(child, level + 1, ea, cs, ce, target, live);
-                if let Some(merged) = uniform(&*self.plat, child, level + 1) {
+                if let Some(merged) = self.merged(child, level + 1) {
                     self.replace(t, i, level, ea, merged, live);
                 }
                 continue;
@@ -713,14 +747,12 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
             if target.keeps_page(page_of(old, (cs - ea) / PAGE_SIZE), cs) {
                 continue;
             }
-            let Some(child) = self.alloc.alloc_table() else {
+            let Some(child) = self.split_table(old, level + 1) else {
                 self.alloc_failed = true;
                 continue;
             };
-            self.tables_added += 1;
-            fill_split(TablePtr::new(&*self.plat, child), old, level + 1);
             self.update(child, level + 1, ea, cs, ce, target, false);
-            if let Some(merged) = uniform(&*self.plat, child, level + 1) {
+            if let Some(merged) = self.merged(child, level + 1) {
                 self.free_unreachable(child, level + 1);
                 self.replace(t, i, level, ea, merged, live);
                 continue;
@@ -737,6 +769,79 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
                 self.publish = true;
             }
         }
+    }
+
+    /// A table of `level` entries that translates exactly what `origin` (an entry of the level
+    /// above) does, tracked from now on: a ready spare already holding that expansion (no
+    /// writes at all), else a page from the allocator (or, when it is empty, any ready spare)
+    /// filled with the expansion. `None` when no page is left.
+    fn split_table(&mut self, origin: u64, level: u8) -> Option<PhysAddr> {
+        let pa = match self.splits.take_spare(Some((origin, level))) {
+            Some(pa) => pa,
+            None => {
+                let pa = match self.alloc.alloc_table() {
+                    Some(pa) => pa,
+                    None => self.splits.take_spare(None)?,
+                };
+                fill_split(TablePtr::new(&*self.plat, pa), origin, level);
+                pa
+            }
+        };
+        self.tables_added += 1;
+        self.splits.track(pa, level, origin);
+        Some(pa)
+    }
+
+    /// What the table at `pa` (entries at `level`) coalesces into, if it is uniform: O(1) for
+    /// a tracked table (its deviation count), a scan otherwise.
+    fn merged(&self, pa: PhysAddr, level: u8) -> Option<u64> {
+        if let Some(tr) = self.splits.get(pa) {
+            match usize::from(tr.deviations) {
+                0 => {
+                    debug_assert_eq!(
+                        uniform(&*self.plat, pa, level),
+                        Some(tr.origin),
+                        "deviation count of the table at {pa:?} is wrong"
+                    );
+                    return Some(tr.origin);
+                }
+                // One entry still equal to its origin's expansion pins any uniform value to the
+                // origin itself, which some other entry differs from.
+                n if n < ENTRIES => {
+                    debug_assert_eq!(uniform(&*self.plat, pa, level), None);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        uniform(&*self.plat, pa, level)
+    }
+
+    /// Keep the table at `pa` (entries at `level`), which a live entry stops pointing at now
+    /// that it becomes `new`, as a spare instead of freeing it, if its content is exactly the
+    /// expansion of `new`: re-splitting that entry later is then one descriptor write. The
+    /// spare is usable only after this operation's invalidation (walkers may still hold it).
+    fn park(&mut self, pa: PhysAddr, level: u8, new: u64) -> bool {
+        match self.splits.get(pa) {
+            Some(tr) if tr.deviations == 0 && tr.origin == new && tr.level == level => {}
+            _ => return false,
+        }
+        let Some((slot, evicted)) = self.splits.spare_slot() else {
+            return false;
+        };
+        if let Some(old) = evicted {
+            // Ready spares are unreachable and were invalidated by an earlier operation.
+            self.alloc.free_table(old);
+        }
+        self.splits.untrack(pa);
+        self.splits.spares[slot] = Spare {
+            table: pa.raw(),
+            origin: new,
+            level,
+            ready: false,
+        };
+        self.tables_freed += 1;
+        true
     }
 
     /// The hot loop of a state or permission change: entries `first..=last` of the page table
@@ -863,6 +968,163 @@ fn fill_split(t: TablePtr, d: u64, level: u8) {
     t.fill(first, step(first, level));
 }
 
+/// How many of entries `first..=last` of `t` differ from the expansion `exp0 + i * step`
+/// (pending entries count as their final value).
+fn deviations(t: TablePtr, first: usize, last: usize, exp0: u64, step: u64) -> u16 {
+    let mut expect = exp0.wrapping_add(first as u64 * step);
+    let mut n = 0;
+    for i in first..=last {
+        n += u16::from(logical(t.read(i)) != expect);
+        expect = expect.wrapping_add(step);
+    }
+    n
+}
+
+// ---- Split tracking --------------------------------------------------------------------------
+
+/// How many split tables a [`Stage2`] tracks: a 2-way set-associative cache indexed by the
+/// table's page number, so that finding a table's record is two compares. A table whose record
+/// was displaced coalesces through a scan, as without tracking.
+const TRACKED: usize = 16;
+/// How many coalesced tables a [`Stage2`] keeps as spares.
+const SPARES: usize = 4;
+/// An empty slot (no table page is at this unaligned address).
+const NO_TABLE: u64 = u64::MAX;
+
+/// A table created by splitting the entry `origin`: how many of its entries differ from what
+/// `origin` translated (entry `i` of the expansion is `exp0 + i * step(exp0, level)`). Kept
+/// small: every VM's stage-2 holds [`TRACKED`] of them, and the VM table is built by value.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    table: u64,
+    origin: u64,
+    exp0: u64,
+    deviations: u16,
+    level: u8,
+}
+
+/// A table page that was coalesced into `origin` and still holds its exact expansion.
+#[derive(Clone, Copy, Debug)]
+struct Spare {
+    table: u64,
+    origin: u64,
+    level: u8,
+    /// Invalidated since it was unlinked: safe to link again.
+    ready: bool,
+}
+
+/// What the engine remembers about tables it split, so that coalescing is O(1) (a deviation
+/// count instead of a 512-entry scan) and a re-split of the same block is one descriptor write
+/// (a spare table instead of allocating and filling 512 entries). See
+/// `docs/decisions/split-tracking.md`.
+#[derive(Clone, Copy, Debug)]
+struct SplitCache {
+    tracked: [Tracked; TRACKED],
+    spares: [Spare; SPARES],
+}
+
+impl SplitCache {
+    const fn new() -> Self {
+        Self {
+            tracked: [Tracked {
+                table: NO_TABLE,
+                origin: 0,
+                exp0: 0,
+                deviations: 0,
+                level: 0,
+            }; TRACKED],
+            spares: [Spare {
+                table: NO_TABLE,
+                origin: 0,
+                level: 0,
+                ready: false,
+            }; SPARES],
+        }
+    }
+
+    /// The two slots a table page may occupy.
+    fn ways(pa: PhysAddr) -> [usize; 2] {
+        let set = (pa.raw() >> 12) as usize & (TRACKED - 1) & !1;
+        [set, set | 1]
+    }
+
+    /// The slot of the tracked table at `pa`.
+    fn find(&self, pa: PhysAddr) -> Option<usize> {
+        Self::ways(pa)
+            .into_iter()
+            .find(|&i| self.tracked[i].table == pa.raw())
+    }
+
+    fn get(&self, pa: PhysAddr) -> Option<&Tracked> {
+        self.find(pa).map(|i| &self.tracked[i])
+    }
+
+    /// Replace `before` deviations of the table at `pa` by `after` (if it is still tracked).
+    fn adjust(&mut self, pa: PhysAddr, before: u16, after: u16) {
+        if let Some(i) = self.find(pa) {
+            let t = &mut self.tracked[i];
+            debug_assert!(t.deviations >= before, "deviation count underflow");
+            t.deviations = t.deviations - before + after;
+        }
+    }
+
+    /// Start tracking the table at `pa` (entries at `level`), just filled from `origin`,
+    /// displacing the record in the second way if both are taken.
+    fn track(&mut self, pa: PhysAddr, level: u8, origin: u64) {
+        let [a, b] = Self::ways(pa);
+        let slot = if self.tracked[a].table == NO_TABLE {
+            a
+        } else {
+            b
+        };
+        let exp0 = sub_entry(origin, level, 0);
+        self.tracked[slot] = Tracked {
+            table: pa.raw(),
+            origin,
+            exp0,
+            deviations: 0,
+            level,
+        };
+    }
+
+    fn untrack(&mut self, pa: PhysAddr) {
+        if let Some(i) = self.find(pa) {
+            self.tracked[i].table = NO_TABLE;
+        }
+    }
+
+    fn ready_spares(&self) -> usize {
+        self.spares
+            .iter()
+            .filter(|s| s.table != NO_TABLE && s.ready)
+            .count()
+    }
+
+    /// Take a ready spare: the one holding the expansion of `(origin, level)`, or any if `None`.
+    fn take_spare(&mut self, want: Option<(u64, u8)>) -> Option<PhysAddr> {
+        let s = self.spares.iter_mut().find(|s| {
+            s.table != NO_TABLE
+                && s.ready
+                && want.is_none_or(|(origin, level)| s.origin == origin && s.level == level)
+        })?;
+        let pa = PhysAddr(s.table);
+        s.table = NO_TABLE;
+        Some(pa)
+    }
+
+    /// A slot for a new spare: a free one, or the slot of a ready spare that the caller must
+    /// free (returned); `None` if every slot holds a spare of the current operation.
+    fn spare_slot(&mut self) -> Option<(usize, Option<PhysAddr>)> {
+        if let Some(i) = self.spares.iter().position(|s| s.table == NO_TABLE) {
+            return Some((i, None));
+        }
+        let i = self.spares.iter().position(|s| s.ready)?;
+        let evicted = PhysAddr(self.spares[i].table);
+        self.spares[i].table = NO_TABLE;
+        Some((i, Some(evicted)))
+    }
+}
+
 fn decode(d: u64, level: u8, k: u64) -> Lookup {
     if is_valid(d) {
         let pa = PhysAddr((d & ADDR_MASK) + k * PAGE_SIZE);
@@ -897,6 +1159,7 @@ pub struct Stage2 {
     cfg: Stage2Config,
     vmid: Vmid,
     tables: usize,
+    splits: SplitCache,
 }
 
 impl Stage2 {
@@ -922,6 +1185,7 @@ impl Stage2 {
             cfg,
             vmid,
             tables: 1,
+            splits: SplitCache::new(),
         })
     }
 
@@ -945,9 +1209,25 @@ impl Stage2 {
         self.cfg
     }
 
-    /// Table pages currently in use, the root included.
+    /// Table pages currently in use (reachable from the root), the root included.
     pub fn table_pages(&self) -> usize {
         self.tables
+    }
+
+    /// Spare table pages: tables that were coalesced away but kept, unreachable and already
+    /// invalidated, for a re-split of the same entry (see the module documentation). They
+    /// came from the allocator passed to the operations and count as capacity: every operation
+    /// uses them before asking its allocator, so callers checking capacity add them to what
+    /// their allocator has available.
+    pub fn spare_tables(&self) -> usize {
+        self.splits.ready_spares()
+    }
+
+    /// Give every spare table page back to `alloc` (the allocator they came from).
+    pub fn release_spares(&mut self, alloc: &mut impl TableAllocator) {
+        while let Some(pa) = self.splits.take_spare(None) {
+            alloc.free_table(pa);
+        }
     }
 
     /// An upper bound of the table pages any operation over `range` ([`map`](Self::map) with
@@ -958,6 +1238,29 @@ impl Stage2 {
         let (s, e) = (range.start().raw(), range.end().raw());
         (self.cfg.start_level..3)
             .map(|l| (((e - 1) >> shift(l)) - (s >> shift(l)) + 1) as usize)
+            .sum()
+    }
+
+    /// An upper bound of the table pages an *in-place* operation over `range` may allocate:
+    /// [`annotate`](Self::annotate), [`annotate_linear`](Self::annotate_linear),
+    /// [`unmap`](Self::unmap), `set_*`, or [`map`](Self::map) with an output address congruent
+    /// to the IPA modulo 1 GiB (e.g. an identity map). Such an operation splits only entries
+    /// the range covers in part, which at each level are at most its first and its last entry
+    /// (level 0 has no blocks: every entry touched there counts). Constant time, and usually
+    /// far below [`tables_needed`](Self::tables_needed), which counts every entry touched.
+    pub fn tables_needed_in_place(&self, range: PageRange<Ipa>) -> usize {
+        let (s, e) = (range.start().raw(), range.end().raw());
+        (self.cfg.start_level..3)
+            .map(|l| {
+                let (first, last) = (s >> shift(l), (e - 1) >> shift(l));
+                if l == 0 {
+                    return (last - first + 1) as usize;
+                }
+                let size = entry_size(l);
+                let first_partial = s & (size - 1) != 0 || e - (first << shift(l)) < size;
+                let last_partial = e & (size - 1) != 0 || s > last << shift(l);
+                usize::from(first_partial) + usize::from(last != first && last_partial)
+            })
             .sum()
     }
 
@@ -1180,8 +1483,13 @@ impl Stage2 {
             return Err(Error::Range);
         }
         // Capacity first, so that a refused operation changed nothing.
-        let avail = alloc.available();
-        if avail < self.tables_needed(&*plat, range)
+        let avail = alloc.available() + self.splits.ready_spares();
+        let in_place = match *target {
+            Target::Map { ipa0, pa0, .. } => pa0.wrapping_sub(ipa0) & (entry_size(1) - 1) == 0,
+            _ => true,
+        };
+        if (!in_place || avail < self.tables_needed_in_place(range))
+            && avail < self.tables_needed(&*plat, range)
             && avail < self.count(&*plat, self.root, self.cfg.start_level, 0, s, e, target)
         {
             return Err(Error::NoMem);
@@ -1189,6 +1497,7 @@ impl Stage2 {
         let mut pass = Pass {
             plat,
             alloc,
+            splits: &mut self.splits,
             inv: None,
             pending: None,
             free_head: None,
@@ -1210,6 +1519,8 @@ impl Stage2 {
         } else if pass.publish {
             pass.plat.publish_table_writes();
         }
+        // Tables parked by this operation are unreachable now and invalidated: reusable.
+        pass.splits.spares.iter_mut().for_each(|sp| sp.ready = true);
         if let Some((ps, pe)) = pass.pending {
             pass.make(self.root, self.cfg.start_level, 0, ps, pe);
             pass.plat.publish_table_writes();
@@ -1366,8 +1677,9 @@ impl Stage2 {
 
     /// Free every table page back to `alloc` (VM teardown), after invalidating the whole VMID
     /// so that no walker keeps a pointer to them.
-    pub fn destroy(self, plat: &mut impl Platform, alloc: &mut impl TableAllocator) {
+    pub fn destroy(mut self, plat: &mut impl Platform, alloc: &mut impl TableAllocator) {
         plat.invalidate_vmid(self.vmid);
+        self.release_spares(alloc);
         free_tree(plat, alloc, self.root, self.cfg.start_level);
     }
 }
@@ -1527,6 +1839,80 @@ mod tests {
             assert!(!is_valid(p) && is_pending(p));
             assert_eq!(logical(p), d);
         }
+    }
+
+    #[test]
+    fn a_page_split_out_of_a_block_and_back_reuses_the_table_and_coalesces_in_o1() {
+        let mut plat = FakePlatform::new(PhysAddr(0x4000_0000), 4 << 20);
+        let mut alloc = FakeTableAllocator::new(PhysAddr(0x4000_0000), 256);
+        let cfg = Stage2Config::for_ipa_bits(40).unwrap();
+        let mut s2 = Stage2::new(cfg, Vmid(1), &mut plat, &mut alloc).unwrap();
+        let leaf = Leaf {
+            perms: Perms::RWX,
+            mem: MemType::Normal,
+            sw: 0,
+        };
+        let block = PageRange::new(Ipa(0x8000_0000), 512).unwrap();
+        s2.map(&mut plat, &mut alloc, block, PhysAddr(0x1_0000_0000), leaf)
+            .unwrap();
+        let blocks_only = s2.table_pages();
+        let page = PageRange::new(Ipa(0x8000_0000 + 7 * PAGE_SIZE), 1).unwrap();
+        for round in 0..3 {
+            let allocs = alloc.allocs();
+            s2.set_sw(&mut plat, &mut alloc, page, 1).unwrap();
+            assert_eq!(s2.table_pages(), blocks_only + 1, "round {round}: split");
+            if round > 0 {
+                assert_eq!(alloc.allocs(), allocs, "round {round}: the spare is reused");
+                assert_eq!(s2.spare_tables(), 0);
+            }
+            match s2.lookup(&plat, page.start()) {
+                Lookup::Mapped { leaf, level: 3, .. } => assert_eq!(leaf.sw, 1),
+                other => panic!("round {round}: {other:?}"),
+            }
+            match s2.lookup(&plat, Ipa(0x8000_0000 + 8 * PAGE_SIZE)) {
+                Lookup::Mapped { leaf, pa, .. } => {
+                    assert_eq!((leaf.sw, pa), (0, PhysAddr(0x1_0000_8000)))
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+            s2.set_sw(&mut plat, &mut alloc, page, 0).unwrap();
+            assert_eq!(s2.table_pages(), blocks_only, "round {round}: coalesced");
+            assert_eq!(s2.spare_tables(), 1, "round {round}: kept as a spare");
+            assert!(matches!(
+                s2.lookup(&plat, page.start()),
+                Lookup::Mapped { level: 2, .. }
+            ));
+        }
+        // A different block cannot use the spare's content: it gets a fresh, filled table.
+        let other = PageRange::new(Ipa(0x8020_0000), 1).unwrap();
+        s2.map(&mut plat, &mut alloc, other, PhysAddr(0x2_0000_0000), leaf)
+            .unwrap();
+        assert_eq!(s2.spare_tables(), 1);
+        s2.release_spares(&mut alloc);
+        assert_eq!(alloc.outstanding(), s2.table_pages());
+        s2.destroy(&mut plat, &mut alloc);
+        assert_eq!(alloc.outstanding(), 0);
+    }
+
+    #[test]
+    fn in_place_bound_counts_only_partly_covered_entries() {
+        let mut plat = FakePlatform::new(PhysAddr(0x4000_0000), 1 << 20);
+        let mut alloc = FakeTableAllocator::new(PhysAddr(0x4000_0000), 16);
+        let cfg = Stage2Config::for_ipa_bits(40).unwrap();
+        let s2 = Stage2::new(cfg, Vmid(1), &mut plat, &mut alloc).unwrap();
+        let r = |ipa: u64, pages: u64| PageRange::new(Ipa(ipa), pages).unwrap();
+        // One page: the L0 entry, the L1 and the L2 entry around it.
+        assert_eq!(s2.tables_needed_in_place(r(0x4000_0000, 1)), 3);
+        // A whole 2 MiB block: only the L0 and the L1 entry.
+        assert_eq!(s2.tables_needed_in_place(r(0x4020_0000, 512)), 2);
+        // A whole 1 GiB: only the L0 entry.
+        assert_eq!(s2.tables_needed_in_place(r(0x4000_0000, 1 << 18)), 1);
+        // Straddling two 2 MiB blocks inside one 1 GiB entry: L0, L1, two L2.
+        assert_eq!(s2.tables_needed_in_place(r(0x401f_f000, 2)), 4);
+        // 4 GiB unaligned: L0, two L1 edges, two L2 edges; the constant bound counts thousands.
+        assert_eq!(s2.tables_needed_in_place(r(0x4000_1000, 1 << 20)), 5);
+        assert!(s2.tables_needed(&plat, r(0x4000_1000, 1 << 20)) > 2000);
+        s2.destroy(&mut plat, &mut alloc);
     }
 
     #[test]

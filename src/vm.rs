@@ -141,6 +141,14 @@ pub struct Guest {
     pub memcache: Memcache,
 }
 
+impl Guest {
+    /// Table pages the guest's stage-2 can get without the host: the memcache's free pages
+    /// and the stage-2's spare tables (which every operation uses first).
+    pub fn table_capacity(&self) -> usize {
+        self.memcache.available() + self.stage2.spare_tables()
+    }
+}
+
 /// One VM.
 pub struct Vm {
     /// Set by `start_teardown`: the VM runs no more and only gives memory back.

@@ -283,9 +283,15 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
             .for_each(f)
     }
 
-    /// [`Error::NoMem`] unless the host allocator holds `needed` table pages.
+    /// Table pages the host stage-2 can get: the allocator's and the stage-2's spare tables.
+    pub(crate) fn table_capacity(&self) -> usize {
+        self.alloc.available() + self.stage2.spare_tables()
+    }
+
+    /// [`Error::NoMem`] unless the host allocator (with the spare tables) holds `needed` table
+    /// pages.
     pub(crate) fn check_tables(&self, needed: usize) -> Result<()> {
-        if self.alloc.available() >= needed {
+        if self.table_capacity() >= needed {
             Ok(())
         } else {
             Err(Error::NoMem)

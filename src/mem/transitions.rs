@@ -11,6 +11,7 @@
 //!    for the same page the use counters: [`Error::Busy`];
 //! 5. resources (table pages, memcache room, VM slots): [`Error::NoMem`].
 
+use super::host::identity;
 use super::{
     check_capacity, committed, guest_annotation, guest_state, poison_annotation, scrub, Ownership,
     PageMeta, PageState, PIN_RESERVED,
@@ -144,6 +145,33 @@ fn run_pages<A: TableAllocator>(
     let pa = run.pa_range().ok_or(Error::Perm)?;
     let first = host.ram_index(pa).map_err(|_| Error::Perm)?;
     Ok((pa, first))
+}
+
+/// The capacity check of a guest conversion over `ipas` (every run already checked): table
+/// pages for the host stage-2 and for the guest's. `host_bound` and `guest_bound` are the O(1)
+/// upper bounds summed over the runs; only if one exceeds what is available are the exact
+/// worst cases counted by walking the tables (so a call is refused only if it could really
+/// run out).
+fn check_conversion_capacity<A: TableAllocator>(
+    host: &super::HostMemory<'_, A>,
+    guest: &Guest,
+    plat: &impl PhysMemory,
+    ipas: PageRange<Ipa>,
+    host_bound: usize,
+    guest_bound: usize,
+) -> Result<()> {
+    if host_bound <= host.table_capacity() && guest_bound <= guest.table_capacity() {
+        return Ok(());
+    }
+    let (mut host_tables, mut guest_tables) = (0, 0);
+    for run in runs(&guest.stage2, plat, ipas) {
+        if let Ok((pa, _)) = run_pages(host, &run) {
+            host_tables += host.tables_needed(plat, pa);
+        }
+        guest_tables += guest.stage2.tables_needed_for(plat, run.range, None);
+    }
+    host.check_tables(host_tables)?;
+    check_capacity(guest.table_capacity(), guest_tables)
 }
 
 impl<'m, A: TableAllocator> Ownership<'m, A> {
@@ -342,7 +370,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         })?;
         runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
         check_capacity(
-            guest.memcache.available(),
+            guest.table_capacity(),
             guest.stage2.tables_needed(&*plat, ipas),
         )?;
 
@@ -392,7 +420,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // The exact need of the tables as they are: unmapping whole entries allocates nothing,
         // so a dying VM whose memcache is spent can still give every lent page back.
         check_capacity(
-            guest.memcache.available(),
+            guest.table_capacity(),
             guest.stage2.tables_needed_for(&*plat, ipas, None),
         )?;
 
@@ -440,7 +468,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
         host.check_tables(host.tables_needed(&*plat, pages))?;
         check_capacity(
-            guest.memcache.available(),
+            guest.table_capacity(),
             guest.stage2.tables_needed(&*plat, ipas),
         )?;
 
@@ -482,11 +510,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
-            host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
+            host_tables += host.stage2.tables_needed_in_place(identity(pa));
+            guest_tables += guest.stage2.tables_needed_in_place(run.range);
         }
-        host.check_tables(host_tables)?;
-        check_capacity(guest.memcache.available(), guest_tables)?;
+        check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
         while let Some(cur) = rest {
@@ -529,11 +556,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             guest_state_error(&run, &[SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
-            host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
+            host_tables += host.stage2.tables_needed_in_place(identity(pa));
+            guest_tables += guest.stage2.tables_needed_in_place(run.range);
         }
-        host.check_tables(host_tables)?;
-        check_capacity(guest.memcache.available(), guest_tables)?;
+        check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
         while let Some(cur) = rest {
@@ -581,11 +607,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
-            host_tables += host.tables_needed(&*plat, pa);
-            guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
+            host_tables += host.stage2.tables_needed_in_place(identity(pa));
+            guest_tables += guest.stage2.tables_needed_in_place(run.range);
         }
-        host.check_tables(host_tables)?;
-        check_capacity(guest.memcache.available(), guest_tables)?;
+        check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
         while let Some(cur) = rest {
@@ -641,7 +666,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             guest_tables += guest.stage2.tables_needed_for(&*plat, run.range, None);
         }
         host.check_tables(host_tables)?;
-        check_capacity(guest.memcache.available(), guest_tables)?;
+        check_capacity(guest.table_capacity(), guest_tables)?;
 
         let mut rest = Some(ipas);
         while let Some(cur) = rest {
@@ -711,7 +736,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         }
         host.check_tables(host.tables_needed(&*plat, pages))?;
         check_capacity(
-            guest.memcache.available(),
+            guest.table_capacity(),
             guest.stage2.tables_needed(&*plat, ipas),
         )?;
 
