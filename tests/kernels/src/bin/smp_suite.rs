@@ -910,7 +910,7 @@ fn teardown_race_runner(cpu: usize) -> u64 {
                     // vCPU ran.
                     ensure!(
                         [x[3], x[4], x[5]] == [0, count, 0],
-                        "the guest's conversion loop saw {:#x?} (expected [0, {count}, 0]): a \
+                        "the guest's conversion loop saw {:x?} (expected [0, {count}, 0]): a \
                          conversion failed while its vCPU ran",
                         [x[3], x[4], x[5]]
                     );
