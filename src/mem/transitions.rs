@@ -126,6 +126,40 @@ fn runs<'a, M: PhysMemory>(s2: &'a Stage2, plat: &'a M, range: PageRange<Ipa>) -
     }
 }
 
+/// The first runs of a range as the check phase found them, so that the commit phase does not
+/// walk the guest stage-2 for them again (the commit of one run does not change the next one's
+/// lookup). Runs beyond the first [`RunList::CAP`] are looked up again.
+struct RunList {
+    runs: [Option<Run>; RunList::CAP],
+    n: usize,
+}
+
+impl RunList {
+    const CAP: usize = 8;
+
+    fn new() -> Self {
+        Self {
+            runs: [None; Self::CAP],
+            n: 0,
+        }
+    }
+
+    fn push(&mut self, run: Run) {
+        if let Some(slot) = self.runs.get_mut(self.n) {
+            *slot = Some(run);
+            self.n += 1;
+        }
+    }
+
+    /// Run number `k` of `cur` (the part of the range from run `k` on).
+    fn get(&self, k: usize, s2: &Stage2, plat: &impl PhysMemory, cur: PageRange<Ipa>) -> Run {
+        match self.runs.get(k) {
+            Some(Some(run)) => *run,
+            _ => first_run(s2, plat, cur),
+        }
+    }
+}
+
 /// The error for a guest run that is not in one of the `wanted` states.
 fn guest_state_error(run: &Run, wanted: &[PageState]) -> Result<()> {
     if wanted.contains(&run.state) {
@@ -506,7 +540,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
+        let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
+            seen.push(run);
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
@@ -516,8 +552,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
+        let mut k = 0;
         while let Some(cur) = rest {
-            let run = first_run(&guest.stage2, &*plat, cur);
+            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            k += 1;
             if let Ok((pa, first)) = run_pages(&host, &run) {
                 let g = &mut *guest;
                 let sw = SharedOwned as u8;
@@ -552,7 +590,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
+        let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
+            seen.push(run);
             guest_state_error(&run, &[SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
@@ -562,8 +602,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
+        let mut k = 0;
         while let Some(cur) = rest {
-            let run = first_run(&guest.stage2, &*plat, cur);
+            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            k += 1;
             if let Ok((pa, first)) = run_pages(&host, &run) {
                 host.annotate(
                     plat,
@@ -603,7 +645,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
+        let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
+            seen.push(run);
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
@@ -613,8 +657,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
 
         let mut rest = Some(ipas);
+        let mut k = 0;
         while let Some(cur) = rest {
-            let run = first_run(&guest.stage2, &*plat, cur);
+            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            k += 1;
             if let Ok((pa, first)) = run_pages(&host, &run) {
                 let g = &mut *guest;
                 committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
@@ -651,7 +697,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
+        let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
+            seen.push(run);
             guest_state_error(&run, &[Owned, SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
             let host_state = if run.state == Owned {
@@ -669,8 +717,10 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         check_capacity(guest.table_capacity(), guest_tables)?;
 
         let mut rest = Some(ipas);
+        let mut k = 0;
         while let Some(cur) = rest {
-            let run = first_run(&guest.stage2, &*plat, cur);
+            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            k += 1;
             if let Ok((pa, first)) = run_pages(&host, &run) {
                 let g = &mut *guest;
                 committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
