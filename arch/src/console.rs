@@ -94,13 +94,13 @@ impl Log for Logger {
 
 static LOGGER: Logger = Logger;
 
-/// Installs the logger with the level named by `verso.log=<level>` in `bootargs` (default info).
+/// Installs the logger with the level named by the last `verso.log=<level>` in `bootargs`
+/// (default info).
 pub fn init_logger(bootargs: Option<&str>) {
+    // The last `verso.log=` wins, as for every other option (`verso::fdt::bootarg_value`), so a
+    // suite can lower the level the harness put first.
     let level = bootargs
-        .and_then(|args| {
-            args.split_ascii_whitespace()
-                .find_map(|w| w.strip_prefix("verso.log="))
-        })
+        .and_then(|args| verso::fdt::bootarg_value(args, "verso.log"))
         .and_then(parse_level)
         .unwrap_or(LevelFilter::Info);
     // Only fails if a logger is already set, which then stays in place.
