@@ -253,7 +253,13 @@ extern "C" fn handle_host_sync(ctx: &mut HostContext) {
     }
 }
 
-/// Reflects a stage-2 abort back into the host as a synchronous abort taken at EL1.
+/// ESR ISS fault status code of a synchronous external abort, not on a table walk.
+const FSC_SYNC_EXTERNAL_ABORT: u64 = 0b01_0000;
+
+/// Host aborts injected so far (all CPUs), for rate-limiting their log lines.
+static HOST_ABORTS: AtomicU64 = AtomicU64::new(0);
+
+/// Reflects a stage-2 abort back into the host as a synchronous external abort taken at EL1.
 fn inject_abort(esr_el2: u64) {
     let far = read_sysreg!(far_el2);
     let hpfar = read_sysreg!(hpfar_el2);
@@ -266,16 +272,31 @@ fn inject_abort(esr_el2: u64) {
         (false, true) => ec::IABT_LOW,
         (false, false) => ec::IABT_CUR,
     };
-    // Keep the fault status the stage-2 walk reported (translation fault, level n) and, for data
-    // aborts, the direction; drop the ISV syndrome (the host needs no emulation info).
-    let fsc = esr_el2 & 0x3f;
+    // A synchronous external abort (FSC 0b010000), with the direction for data aborts and no ISV
+    // syndrome (the host needs no emulation info). Not the stage-2 translation fault itself: the
+    // host's own stage-1 entry for the address is valid, so an unmodified Linux would call a
+    // translation fault spurious and retry the access forever; an external abort makes it send
+    // SIGBUS to a process, or report the access, in the kernel (KVM injects the same for guests).
     let wnr = if is_data { esr_el2 & (1 << 6) } else { 0 };
-    let esr_el1 = (class << 26) | ESR_IL | wnr | fsc;
-    log::warn!(
-        "host abort: ipa={ipa:#x} va={far:#x} esr={esr_el1:#x} elr={:#x}",
-        read_sysreg!(elr_el2)
-    );
+    let esr_el1 = (class << 26) | ESR_IL | wnr | FSC_SYNC_EXTERNAL_ABORT;
+    let n = HOST_ABORTS.fetch_add(1, Ordering::Relaxed);
+    // Rate-limited: a host that keeps faulting must not drown the console (or the hyp's time).
+    if n < 64 || n.is_power_of_two() {
+        log::warn!(
+            "host abort #{n}: ipa={ipa:#x} va={far:#x} esr={esr_el1:#x} elr={:#x} owner={:?}",
+            read_sysreg!(elr_el2),
+            owner_of(ipa)
+        );
+    }
     inject_sync(esr_el1, Some(far));
+}
+
+/// Who owns the page at `ipa` the host touched, decoded from its annotated host descriptor
+/// (owner and, for a guest, the IPA there), for the abort's log line; `None` if not annotated
+/// (e.g. a hole in the host's IPA space).
+fn owner_of(ipa: u64) -> Option<(verso::mem::Owner, Option<verso::addr::Ipa>)> {
+    let own = OWNERSHIP.get()?;
+    own.inspect(|_, host, _| host.explain_fault(&El2Platform, PhysAddr(ipa)))
 }
 
 /// Makes the host take a synchronous exception at EL1 with syndrome `esr_el1` (and `far`), as if

@@ -64,6 +64,11 @@ impl Fault {
     pub fn is_translation_fault(&self) -> bool {
         self.fsc() & 0b11_1100 == 0b00_0100
     }
+    /// Whether the status code is a synchronous external abort not on a table walk (0b010000):
+    /// what Verso injects when the host touches memory it does not own (docs/abi.md).
+    pub fn is_external_abort(&self) -> bool {
+        self.fsc() == 0b01_0000
+    }
 }
 
 impl core::fmt::Display for Fault {

@@ -136,6 +136,10 @@ const CHECKS: &[(&str, Check)] = &[
         linux_runs_at_el1_on_every_cpu,
     ),
     (
+        "user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives",
+        user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives,
+    ),
+    (
         "kernel_log_has_no_oops_bug_or_warning",
         kernel_log_has_no_oops_bug_or_warning,
     ),
@@ -649,6 +653,45 @@ fn kernel_log_has_no_oops_bug_or_warning() -> Result<(), Why> {
         }
     }
     Ok(())
+}
+
+/// A process maps the hyp's region through /dev/mem (allowed: it is not System RAM) and reads
+/// it. Verso refuses the access at stage 2 and injects a synchronous external abort, which an
+/// unmodified Linux turns into SIGBUS for the process; the kernel itself goes on. (A translation
+/// fault would not do: Linux finds its own page table entry valid, calls the fault spurious and
+/// retries the access forever.)
+fn user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives() -> Result<(), Why> {
+    match sys::mknod_char(c"/dev/mem", 1, 1) {
+        Ok(()) | Err(Errno(sys::EEXIST)) => {}
+        Err(e) => fail!("mknod /dev/mem: errno {}", e.0),
+    }
+    let mem = match sys::open(c"/dev/mem") {
+        Ok(fd) => fd,
+        Err(e) => fail!("open /dev/mem: errno {}", e.0),
+    };
+    let addr = match sys::mmap_read(&mem, 4096, HYP_BASE as usize) {
+        Ok(a) => a,
+        Err(e) => fail!(
+            "mmap of the hyp region through /dev/mem refused: errno {}",
+            e.0
+        ),
+    };
+    let pid = match sys::fork() {
+        Ok(0) => {
+            // The child: this read must never complete.
+            let v = sys::read_u64_at(addr);
+            println!("verso linux init: child read {v:#x} from the hyp's memory");
+            sys::exit(0)
+        }
+        Ok(pid) => pid,
+        Err(e) => fail!("fork: errno {}", e.0),
+    };
+    match sys::wait_child(pid, 5000) {
+        Ok((sys::ChildEnd::Signaled(sig), false)) if sig == sys::SIGBUS => Ok(()),
+        Ok((end, true)) => fail!("the read neither completed nor faulted within 5 s ({end:?} after SIGKILL): the abort is retried forever"),
+        Ok((end, false)) => fail!("expected SIGBUS, the child ended {end:?}"),
+        Err(e) => fail!("wait4: errno {}", e.0),
+    }
 }
 
 #[panic_handler]

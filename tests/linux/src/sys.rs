@@ -8,6 +8,7 @@ use core::arch::asm;
 use core::ffi::CStr;
 
 // System call numbers: the generic table (include/uapi/asm-generic/unistd.h) that arm64 uses.
+const SYS_MKNODAT: usize = 33;
 const SYS_MKDIRAT: usize = 34;
 const SYS_MOUNT: usize = 40;
 const SYS_OPENAT: usize = 56;
@@ -18,6 +19,11 @@ const SYS_WRITE: usize = 64;
 const SYS_EXIT: usize = 93;
 const SYS_SYSLOG: usize = 116;
 const SYS_REBOOT: usize = 142;
+const SYS_KILL: usize = 129;
+const SYS_NANOSLEEP: usize = 101;
+const SYS_CLONE: usize = 220;
+const SYS_MMAP: usize = 222;
+const SYS_WAIT4: usize = 260;
 
 /// `AT_FDCWD`: paths relative to the current directory (`/` for init).
 const AT_FDCWD: isize = -100;
@@ -233,4 +239,109 @@ pub fn exit(code: usize) -> ! {
     loop {
         let _ = syscall(SYS_EXIT, [code, 0, 0, 0, 0]);
     }
+}
+
+/// Signal numbers used by the checks (asm-generic/signal.h).
+pub const SIGBUS: usize = 7;
+/// SIGKILL, to end a child that outlived its deadline.
+pub const SIGKILL: usize = 9;
+/// SIGCHLD, the signal a forked child sends its parent on exit.
+const SIGCHLD: usize = 17;
+/// wait4 option: do not block.
+const WNOHANG: usize = 1;
+
+/// Creates the character device node `path` (major, minor), mode 0600.
+pub fn mknod_char(path: &CStr, major: usize, minor: usize) -> Result<(), Errno> {
+    const S_IFCHR: usize = 0o020000;
+    syscall(
+        SYS_MKNODAT,
+        [
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            S_IFCHR | 0o600,
+            (major << 8) | minor,
+            0,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// fork(2): `Ok(0)` in the child, `Ok(pid)` in the parent.
+pub fn fork() -> Result<usize, Errno> {
+    // clone(SIGCHLD, no new stack, no tid pointers, no tls): fork semantics.
+    syscall(SYS_CLONE, [SIGCHLD, 0, 0, 0, 0])
+}
+
+/// Maps `len` bytes of `fd` at `offset` read-only and shared; returns the address.
+pub fn mmap_read(fd: &Fd, len: usize, offset: usize) -> Result<usize, Errno> {
+    const PROT_READ: usize = 1;
+    const MAP_SHARED: usize = 1;
+    // mmap takes six arguments; the sixth (offset) goes in x5.
+    let ret: isize;
+    // SAFETY: `svc #0` with x8 = mmap; the kernel reads x0..x5 and writes x0 only. A new
+    // mapping at an address the kernel chooses (x0 = 0) cannot overlap memory Rust owns.
+    unsafe {
+        asm!(
+            "svc #0",
+            in("x8") SYS_MMAP,
+            inlateout("x0") 0usize => ret,
+            in("x1") len,
+            in("x2") PROT_READ,
+            in("x3") MAP_SHARED,
+            in("x4") fd.0 as usize,
+            in("x5") offset,
+            options(nostack),
+        );
+    }
+    if (-4095..0).contains(&ret) {
+        Err(Errno(-ret))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// How a child ended, from wait4's status word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildEnd {
+    /// exit(code)
+    Exited(usize),
+    /// killed by a signal
+    Signaled(usize),
+}
+
+/// Waits up to about `ms` milliseconds for child `pid`; kills it (SIGKILL) if it is still
+/// running then. Returns how it ended and whether it had to be killed.
+pub fn wait_child(pid: usize, ms: usize) -> Result<(ChildEnd, bool), Errno> {
+    let mut killed = false;
+    let mut waited = 0;
+    loop {
+        let mut status: i32 = 0;
+        let r = syscall(
+            SYS_WAIT4,
+            [pid, &mut status as *mut i32 as usize, WNOHANG, 0, 0],
+        )?;
+        if r == pid {
+            let s = status as usize;
+            let end = if s & 0x7f == 0 {
+                ChildEnd::Exited((s >> 8) & 0xff)
+            } else {
+                ChildEnd::Signaled(s & 0x7f)
+            };
+            return Ok((end, killed));
+        }
+        if waited >= ms && !killed {
+            let _ = syscall(SYS_KILL, [pid, SIGKILL, 0, 0, 0]);
+            killed = true;
+        }
+        let ts: [i64; 2] = [0, 10_000_000]; // 10 ms
+        let _ = syscall(SYS_NANOSLEEP, [ts.as_ptr() as usize, 0, 0, 0, 0]);
+        waited += 10;
+    }
+}
+
+/// Reads the 8 bytes at `addr` (a mapping this process made). Only for the fault checks.
+pub fn read_u64_at(addr: usize) -> u64 {
+    // SAFETY: `addr` comes from a successful `mmap_read` of at least 8 bytes and stays mapped;
+    // the read may fault (that is what the caller tests), which the kernel turns into a signal.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
 }

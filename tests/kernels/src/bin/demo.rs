@@ -322,12 +322,8 @@ impl core::fmt::Display for DescribedFault {
             _ => "exception",
         };
         let access = if f.wnr() { "write" } else { "read" };
-        if f.is_translation_fault() {
-            write!(
-                out,
-                "{class} ({access}, translation fault level {}): {f}",
-                f.fsc() & 3
-            )
+        if f.is_external_abort() {
+            write!(out, "{class} ({access}, synchronous external abort): {f}")
         } else {
             write!(out, "{class} ({access}, fsc {:#x}): {f}", f.fsc())
         }

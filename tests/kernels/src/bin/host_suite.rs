@@ -186,14 +186,14 @@ fn hyp_region() -> Result<(u64, u64), Failure> {
     }
 }
 
-/// Checks a fault against the injected-abort contract: `ec`, IL = 1, a translation fault at any
-/// level, WnR = `write` (data aborts), FAR = `addr`.
+/// Checks a fault against the injected-abort contract: `ec`, IL = 1, a synchronous external
+/// abort, WnR = `write` (data aborts), FAR = `addr`.
 fn check_abort(fault: Fault, ec: u64, write: bool, addr: u64) -> TestResult {
     ensure!(fault.ec() == ec, "expected EC {ec:#x}, got {fault}");
     ensure!(fault.il(), "IL clear: {fault}");
     ensure!(
-        fault.is_translation_fault(),
-        "expected a translation fault (0b0001LL), got {fault}"
+        fault.is_external_abort(),
+        "expected a synchronous external abort (0b010000), got {fault}"
     );
     if ec == EC_DATA_ABORT_SAME_EL {
         ensure!(
@@ -687,7 +687,7 @@ fn secondary_gets_injected_abort() -> TestResult {
         elr: 0,
     };
     ensure!(
-        f.ec() == EC_DATA_ABORT_SAME_EL && f.is_translation_fault(),
+        f.ec() == EC_DATA_ABORT_SAME_EL && f.is_external_abort(),
         "CPU 1 got {f}"
     );
     canary_unchanged("CPU 1's read")

@@ -191,7 +191,7 @@ fn host_cannot_read(pa: u64) -> TestResult {
 
 fn check_abort(f: Fault, write: bool, pa: u64) -> TestResult {
     ensure!(
-        f.ec() == EC_DATA_ABORT_SAME_EL && f.is_translation_fault() && f.wnr() == write,
+        f.ec() == EC_DATA_ABORT_SAME_EL && f.is_external_abort() && f.wnr() == write,
         "CPU {}: access to {pa:#x} took {f}, expected a translation-fault data abort",
         cpus::this_cpu()
     );

@@ -90,8 +90,8 @@ fn check_host_abort(f: Fault, write: bool, pa: u64) -> TestResult {
         "expected a data abort, got {f}"
     );
     ensure!(
-        f.is_translation_fault(),
-        "expected a translation fault, got {f}"
+        f.is_external_abort(),
+        "expected a synchronous external abort, got {f}"
     );
     ensure!(f.wnr() == write, "WnR should be {}: {f}", write as u8);
     ensure!(f.far == pa, "FAR should be {pa:#x}: {f}");
