@@ -658,9 +658,16 @@ impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
         let first = ((s - base) >> shift(level)) as usize;
         let last = ((e - 1 - base) >> shift(level)) as usize;
         let t = TablePtr::new(&*self.plat, table_pa);
+        let whole = first == 0 && last == ENTRIES - 1;
         let before = self.splits.get(table_pa).map(|tr| {
             let (exp0, step) = (tr.exp0, step(tr.exp0, level));
-            (exp0, step, deviations(t, first, last, exp0, step))
+            // Over the whole table the new count is simply the count afterwards.
+            let before = if whole {
+                tr.deviations
+            } else {
+                deviations(t, first, last, exp0, step)
+            };
+            (exp0, step, before)
         });
         self.update_entries(table_pa, level, base, s, e, target, live);
         if let Some((exp0, step, before)) = before {
