@@ -297,6 +297,11 @@ const fn shift(level: u8) -> u32 {
     12 + 9 * (3 - level as u32)
 }
 
+/// Index of the entry covering `ipa` in a table at `level`.
+const fn index(ipa: u64, level: u8) -> usize {
+    ((ipa >> shift(level)) & (ENTRIES as u64 - 1)) as usize
+}
+
 /// Bytes mapped by one entry at `level`.
 const fn entry_size(level: u8) -> u64 {
     1 << shift(level)
@@ -530,9 +535,76 @@ struct Pass<'a, P, A> {
     tables_added: usize,
     tables_freed: usize,
     alloc_failed: bool,
+    /// The one pending entry of a fast-path split, written after the invalidation without
+    /// walking down to it again.
+    pending_entry: Option<(TablePtr, usize)>,
 }
 
-impl<P: Platform, A: TableAllocator> Pass<'_, P, A> {
+impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
+    fn new(plat: &'a mut P, alloc: &'a mut A, splits: &'a mut SplitCache) -> Self {
+        Pass {
+            plat,
+            alloc,
+            splits,
+            inv: None,
+            pending: None,
+            free_head: None,
+            publish: false,
+            tables_added: 0,
+            tables_freed: 0,
+            alloc_failed: false,
+            pending_entry: None,
+        }
+    }
+
+    /// The end of every operation: one invalidation for everything revoked (or a barrier if
+    /// only new translations were written), then the final values of the pending entries, then
+    /// the detached table pages go back to the allocator. `tables` is the stage-2's count of
+    /// reachable table pages.
+    fn finish(
+        mut self,
+        vmid: Vmid,
+        root: PhysAddr,
+        start_level: u8,
+        tables: &mut usize,
+    ) -> Result<()> {
+        if let Some((is, ie, level)) = self.inv {
+            let pages = (ie - is) / PAGE_SIZE;
+            let stride = level.map_or(1, entry_pages);
+            if pages / stride > TLBI_MAX_OPS {
+                self.plat.invalidate_vmid(vmid);
+            } else {
+                self.plat.invalidate_ipa_range(vmid, Ipa(is), pages, level);
+            }
+        } else if self.publish {
+            self.plat.publish_table_writes();
+        }
+        // Tables parked by this operation are unreachable now and invalidated: reusable.
+        self.splits.spares.iter_mut().for_each(|sp| sp.ready = true);
+        if let Some((t, i)) = self.pending_entry {
+            t.write(i, logical(t.read(i)));
+            if self.pending.is_none() {
+                self.plat.publish_table_writes();
+            }
+        }
+        if let Some((ps, pe)) = self.pending {
+            self.make(root, start_level, 0, ps, pe);
+            self.plat.publish_table_writes();
+        }
+        let mut next = self.free_head;
+        while let Some(pa) = next {
+            let link = TablePtr::new(&*self.plat, pa).read(0);
+            next = (link & FREE_HAS_NEXT != 0).then_some(PhysAddr(link & ADDR_MASK));
+            self.alloc.free_table(pa);
+            self.tables_freed += 1;
+        }
+        *tables = *tables + self.tables_added - self.tables_freed;
+        if self.alloc_failed {
+            // Only reachable if the allocator's `available()` over-reported.
+            return Err(Error::NoMem);
+        }
+        Ok(())
+    }
     fn invalidate(&mut self, start: u64, size: u64, level: Option<u8>) {
         let end = start + size;
         self.inv = Some(match self.inv {
@@ -1489,6 +1561,9 @@ impl Stage2 {
         if e > self.cfg.ipa_limit() {
             return Err(Error::Range);
         }
+        if let Some(res) = self.apply_in_leaf_span(plat, alloc, s, e, target) {
+            return res;
+        }
         // Capacity first, so that a refused operation changed nothing.
         let avail = alloc.available() + self.splits.ready_spares();
         let in_place = match *target {
@@ -1501,50 +1576,81 @@ impl Stage2 {
         {
             return Err(Error::NoMem);
         }
-        let mut pass = Pass {
-            plat,
-            alloc,
-            splits: &mut self.splits,
-            inv: None,
-            pending: None,
-            free_head: None,
-            publish: false,
-            tables_added: 0,
-            tables_freed: 0,
-            alloc_failed: false,
-        };
-        pass.update(self.root, self.cfg.start_level, 0, s, e, target, true);
-        if let Some((is, ie, level)) = pass.inv {
-            let pages = (ie - is) / PAGE_SIZE;
-            let stride = level.map_or(1, entry_pages);
-            if pages / stride > TLBI_MAX_OPS {
-                pass.plat.invalidate_vmid(self.vmid);
-            } else {
-                pass.plat
-                    .invalidate_ipa_range(self.vmid, Ipa(is), pages, level);
+        let (root, start_level, vmid) = (self.root, self.cfg.start_level, self.vmid);
+        let mut pass = Pass::new(plat, alloc, &mut self.splits);
+        pass.update(root, start_level, 0, s, e, target, true);
+        pass.finish(vmid, root, start_level, &mut self.tables)
+    }
+
+    /// The fast path of [`Self::apply`]: a change of part of what one level-2 entry covers
+    /// (one page, or a run inside one 2 MiB span), the shape of almost every guest conversion.
+    /// It walks down once to that entry through tables, and then either updates the entries of
+    /// the level-3 table below it (coalescing it into the entry when it becomes uniform) or
+    /// splits the entry into a level-3 table (a spare when one holds its expansion), changes
+    /// the pages in the new table while no walker can reach it, and links it. No range walk
+    /// over the upper levels, no capacity walk: a level-3 table has no tables below it, so the
+    /// only page the operation can need is the one for the split, checked before anything is
+    /// written. `None` when the range has another shape (the generic walk handles it); the
+    /// tables afterwards are exactly those of the generic walk, which the property tests check.
+    fn apply_in_leaf_span<P: Platform, A: TableAllocator>(
+        &mut self,
+        plat: &mut P,
+        alloc: &mut A,
+        s: u64,
+        e: u64,
+        target: &Target,
+    ) -> Option<Result<()>> {
+        const SPAN: u64 = entry_size(2);
+        let ea = s & !(SPAN - 1);
+        // The whole entry is one descriptor write on the generic path; so is a range beyond it.
+        if (e - 1) & !(SPAN - 1) != ea || (s == ea && e == ea + SPAN) {
+            return None;
+        }
+        let mut table = self.root;
+        for level in self.cfg.start_level..2 {
+            let d = TablePtr::new(&*plat, table).read(index(s, level));
+            if !is_table(d, level) {
+                return None;
             }
-        } else if pass.publish {
-            pass.plat.publish_table_writes();
+            table = PhysAddr(d & ADDR_MASK);
         }
-        // Tables parked by this operation are unreachable now and invalidated: reusable.
-        pass.splits.spares.iter_mut().for_each(|sp| sp.ready = true);
-        if let Some((ps, pe)) = pass.pending {
-            pass.make(self.root, self.cfg.start_level, 0, ps, pe);
-            pass.plat.publish_table_writes();
+        let parent = TablePtr::new(&*plat, table);
+        let i = index(s, 2);
+        let d = parent.read(i);
+        if !is_table(d, 2) {
+            // The entry is uniform: if the target keeps one page it keeps them all.
+            if target.keeps_page(page_of(d, (s - ea) / PAGE_SIZE), s) {
+                return Some(Ok(()));
+            }
+            if alloc.available() + self.splits.ready_spares() == 0 {
+                return Some(Err(Error::NoMem));
+            }
         }
-        let mut next = pass.free_head;
-        while let Some(pa) = next {
-            let link = TablePtr::new(&*pass.plat, pa).read(0);
-            next = (link & FREE_HAS_NEXT != 0).then_some(PhysAddr(link & ADDR_MASK));
-            pass.alloc.free_table(pa);
-            pass.tables_freed += 1;
+        let (root, start_level, vmid) = (self.root, self.cfg.start_level, self.vmid);
+        let mut pass = Pass::new(plat, alloc, &mut self.splits);
+        if is_table(d, 2) {
+            let child = PhysAddr(d & ADDR_MASK);
+            pass.update(child, 3, ea, s, e, target, true);
+            if let Some(merged) = pass.merged(child, 3) {
+                pass.replace(parent, i, 2, ea, merged, true);
+            }
+        } else if let Some(child) = pass.split_table(d, 3) {
+            pass.update(child, 3, ea, s, e, target, false);
+            // Part of the entry keeps the origin's expansion: the new table is not uniform.
+            debug_assert!(pass.merged(child, 3).is_none());
+            let desc = child.raw() | TABLE_OR_PAGE;
+            if is_valid(d) {
+                parent.write(i, pending(desc));
+                pass.invalidate(ea, SPAN, Some(2));
+                pass.pending_entry = Some((parent, i));
+            } else {
+                parent.write(i, desc);
+                pass.publish = true;
+            }
+        } else {
+            pass.alloc_failed = true;
         }
-        self.tables = self.tables + pass.tables_added - pass.tables_freed;
-        if pass.alloc_failed {
-            // Only reachable if the allocator's `available()` over-reported.
-            return Err(Error::NoMem);
-        }
-        Ok(())
+        Some(pass.finish(vmid, root, start_level, &mut self.tables))
     }
 
     /// What the tables say about the page at `ipa` (an IPA beyond the limit is `Empty` at the
