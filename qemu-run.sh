@@ -448,6 +448,40 @@ run_linux() {
   "${QEMU_CMD[@]}"
 }
 
+# The hyp's refusals and fatal path, booted without a test kernel: each must end QEMU quickly with
+# the documented status and message (docs/boot.md), never hang. One PASS/FAIL line per check.
+fatal_check() { # fatal_check NAME EXPECTED_STATUS EXPECTED_ERE QEMU-ARGS...
+  local name=$1 want=$2 text=$3 log status
+  shift 3
+  log=$OUT/fatal-$name.log
+  set +e
+  timeout 30 "$QEMU" -cpu max -m 1G -nographic -semihosting -nic none -kernel "$HYP_ELF" "$@" \
+    >"$log" 2>&1
+  status=$?
+  set -e
+  if [ "$status" -eq "$want" ] && grep -qE -- "$text" "$log"; then
+    say "PASS: $name"
+    PASSED=$((PASSED + 1))
+  else
+    say "FAIL: $name (exit $status, want $want and \"$text\"; see $log)"
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+run_fatal_suite() {
+  say "== suite fatal: the hyp's refusals end QEMU with a status and a reason"
+  local virt=virt,virtualization=on,gic-version=3,iommu=smmuv3
+  fatal_check hyp_refuses_to_run_below_el2 1 "not entered at EL2" \
+    -M virt,gic-version=3 -append "verso.log=info"
+  fatal_check hyp_without_payload_panics_with_its_reason 101 "VERSO PANIC: no arm64 Image" \
+    -M "$virt" -append "verso.log=info"
+  fatal_check hyp_refuses_a_payload_outside_ram 101 "VERSO PANIC: payload address 0x1000 is not in host RAM" \
+    -M "$virt" -append "verso.log=info verso.payload=0x1000"
+  fatal_check hyp_panic_names_esr_far_elr_and_cpu 101 \
+    "esr_el2=0x[0-9a-f]+ far_el2=0x[0-9a-f]+ elr_el2=0x[0-9a-f]+ cpu=[0-9]+" \
+    -M "$virt" -append "verso.log=info"
+}
+
 run_tests() {
   run_cargo_test
   local line name payload cpus args limit guest extra built=yes
@@ -466,6 +500,7 @@ run_tests() {
     fi
   done
   if [ "$built" = yes ]; then
+    run_fatal_suite
     run_linux_suite
   else
     say "FAIL: suite linux (not run: the build failed)"
