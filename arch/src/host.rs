@@ -283,7 +283,7 @@ fn inject_abort(esr_el2: u64) {
     // Rate-limited: a host that keeps faulting must not drown the console (or the hyp's time).
     if n < 64 || n.is_power_of_two() {
         log::warn!(
-            "host abort #{n}: ipa={ipa:#x} va={far:#x} esr={esr_el1:#x} elr={:#x} owner={:?}",
+            "host abort #{n}: ipa={ipa:#x} va={far:#x} esr={esr_el1:#x} elr={:#x} owner={}",
             read_sysreg!(elr_el2),
             owner_of(ipa)
         );
@@ -294,9 +294,29 @@ fn inject_abort(esr_el2: u64) {
 /// Who owns the page at `ipa` the host touched, decoded from its annotated host descriptor
 /// (owner and, for a guest, the IPA there), for the abort's log line; `None` if not annotated
 /// (e.g. a hole in the host's IPA space).
-fn owner_of(ipa: u64) -> Option<(verso::mem::Owner, Option<verso::addr::Ipa>)> {
-    let own = OWNERSHIP.get()?;
-    own.inspect(|_, host, _| host.explain_fault(&El2Platform, PhysAddr(ipa)))
+fn owner_of(ipa: u64) -> OwnerName {
+    OwnerName(
+        OWNERSHIP.get().and_then(|own| {
+            own.inspect(|_, host, _| host.explain_fault(&El2Platform, PhysAddr(ipa)))
+        }),
+    )
+}
+
+/// An owner as the abort log line shows it: `hyp`, `guest 0x1000 at IPA 0x41000000`, `host`,
+/// or `none` (no annotation: a hole in the host's IPA space).
+struct OwnerName(Option<(verso::mem::Owner, Option<verso::addr::Ipa>)>);
+
+impl core::fmt::Display for OwnerName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use verso::mem::Owner;
+        match self.0 {
+            None => f.write_str("none"),
+            Some((Owner::Host, _)) => f.write_str("host"),
+            Some((Owner::Hyp, _)) => f.write_str("hyp"),
+            Some((Owner::Guest(h), Some(ipa))) => write!(f, "guest {:#x} at IPA {ipa}", h.0),
+            Some((Owner::Guest(h), None)) => write!(f, "guest {:#x}", h.0),
+        }
+    }
 }
 
 /// Makes the host take a synchronous exception at EL1 with syndrome `esr_el1` (and `far`), as if
