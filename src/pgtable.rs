@@ -714,8 +714,9 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
 
     /// Apply `target` to `[s, e)` within the table at `table_pa` (level `level`, covering from
     /// `base`). `live` says whether walkers can reach this table. Keeps the deviation count of a
-    /// tracked table exact: the entries of the range are compared with the table's origin before
-    /// and after (work proportional to what the operation touches anyway).
+    /// tracked table exact: a page table counts the change of each entry it rewrites as it goes;
+    /// a table of a higher level compares the entries of the range with the table's origin
+    /// before and after (work proportional to what the operation touches anyway).
     #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
@@ -730,6 +731,22 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         let first = ((s - base) >> shift(level)) as usize;
         let last = ((e - 1 - base) >> shift(level)) as usize;
         let t = TablePtr::new(&*self.plat, table_pa);
+        if level == 3 {
+            let slot = self.splits.find(table_pa);
+            let expansion = slot.map(|k| self.splits.tracked[k].exp0);
+            let delta = self.update_pages(t, base, first, last, target, live, expansion);
+            if let Some(k) = slot {
+                let tr = &mut self.splits.tracked[k];
+                tr.deviations = tr.deviations.wrapping_add_signed(delta);
+                // Debug builds check the running count against a full count.
+                debug_assert_eq!(
+                    tr.deviations,
+                    deviations(t, 0, ENTRIES - 1, tr.exp0, step(tr.exp0, 3)),
+                    "deviation count of the table at {table_pa:?} is wrong"
+                );
+            }
+            return;
+        }
         let whole = first == 0 && last == ENTRIES - 1;
         let before = self.splits.get(table_pa).map(|tr| {
             let (exp0, step) = (tr.exp0, step(tr.exp0, level));
@@ -764,23 +781,7 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         let size = entry_size(level);
         let first = ((s - base) >> shift(level)) as usize;
         let last = ((e - 1 - base) >> shift(level)) as usize;
-        if level == 3 {
-            if let Target::Modify { mask, bits } = *target {
-                self.modify_pages(t, base, first, last, mask, bits, live);
-                return;
-            }
-            // Pages: every entry is covered whole and none is a table.
-            for i in first..=last {
-                let ea = base + i as u64 * size;
-                let old = t.read(i);
-                if let Some(new) = target.entry(logical(old), ea, level) {
-                    if new != old {
-                        self.replace(t, i, level, ea, new, live);
-                    }
-                }
-            }
-            return;
-        }
+        debug_assert!(level < 3, "page tables are updated by `update_pages`");
         for i in first..=last {
             let ea = base + i as u64 * size;
             let (cs, ce) = (s.max(ea), e.min(ea + size));
@@ -923,41 +924,75 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         true
     }
 
-    /// The hot loop of a state or permission change: entries `first..=last` of the page table
-    /// `t` (covering from `base`). Such a change never needs break-before-make; a permission
-    /// change is invalidated once for the span of entries it changed.
+    /// The hot loop of every operation: apply `target` to entries `first..=last` of the page
+    /// table `t` (covering from `base`, reachable by walkers if `live`). Entries at level 3 are
+    /// never tables, so each is one descriptor write, with break-before-make only when a valid
+    /// page changes its output address or attributes other than permissions and software bits
+    /// (DDI 0487 "Translation table updates"); everything revoked or downgraded is invalidated
+    /// once, as the hull of the changed entries. For a tracked table (`expansion` = the value
+    /// of its entry 0 in the origin's expansion) returns the change of its deviation count,
+    /// counted for the entries actually rewritten, so no separate scan is needed.
     #[allow(clippy::too_many_arguments)]
-    fn modify_pages(
+    fn update_pages(
         &mut self,
         t: TablePtr,
         base: u64,
         first: usize,
         last: usize,
-        mask: u64,
-        bits: u64,
+        target: &Target,
         live: bool,
-    ) {
-        let mut changed: Option<(usize, usize)> = None;
+        expansion: Option<u64>,
+    ) -> i16 {
+        let (exp0, step) = expansion.map_or((0, 0), |x| (x, step(x, 3)));
+        let mut delta = 0i16;
+        let mut revoked: Option<(usize, usize)> = None;
+        let mut pending_span: Option<(usize, usize)> = None;
+        let mut expect = exp0.wrapping_add(first as u64 * step);
         for i in first..=last {
+            // Each entry is visited once per operation, so none is pending yet.
             let old = t.read(i);
-            // Pending entries cannot exist here: each page entry is visited once per operation.
-            if is_valid(old) {
-                let new = (old & !mask) | bits;
-                if new != old {
+            let new = match *target {
+                Target::Modify { mask, bits } if is_valid(old) => (old & !mask) | bits,
+                Target::Modify { .. } => old,
+                _ => {
+                    let ea = base + i as u64 * PAGE_SIZE;
+                    target.entry(old, ea, 3).unwrap_or(old)
+                }
+            };
+            if new != old {
+                if expansion.is_some() {
+                    delta += i16::from(new != expect) - i16::from(old != expect);
+                }
+                let span = |sp: Option<(usize, usize)>| Some(sp.map_or((i, i), |(a, _)| (a, i)));
+                if !live || !is_valid(old) {
+                    t.write(i, new);
+                    self.publish |= live && is_valid(new);
+                } else if !is_valid(new) {
+                    t.write(i, new);
+                    revoked = span(revoked);
+                } else if (old ^ new) & !(PERM_MASK | SW_MASK) == 0 {
+                    // Same output, type and size: permissions and software bits in place.
                     t.write(i, new);
                     if (old ^ new) & PERM_MASK != 0 {
-                        changed = Some(changed.map_or((i, i), |(a, _)| (a, i)));
+                        revoked = span(revoked);
                     }
+                } else {
+                    t.write(i, pending(new));
+                    revoked = span(revoked);
+                    pending_span = span(pending_span);
                 }
             }
+            expect = expect.wrapping_add(step);
         }
-        if let (Some((a, b)), true) = (changed, live) {
-            self.invalidate(
-                base + a as u64 * PAGE_SIZE,
-                (b - a + 1) as u64 * PAGE_SIZE,
-                Some(3),
-            );
+        let hull =
+            |(a, b): (usize, usize)| (base + a as u64 * PAGE_SIZE, (b - a + 1) as u64 * PAGE_SIZE);
+        if let Some((start, size)) = revoked.map(hull) {
+            self.invalidate(start, size, Some(3));
         }
+        if let Some((start, size)) = pending_span.map(hull) {
+            self.mark_pending(start, size);
+        }
+        delta
     }
 
     /// Second pass: write the final value of every pending entry in `[s, e)`.
