@@ -1364,6 +1364,11 @@ impl Stage2 {
     /// far below [`tables_needed`](Self::tables_needed), which counts every entry touched.
     pub fn tables_needed_in_place(&self, range: PageRange<Ipa>) -> usize {
         let (s, e) = (range.start().raw(), range.end().raw());
+        let span = entry_size(2);
+        if (e - 1) & !(span - 1) == s & !(span - 1) && e - s < span {
+            // Part of one level-2 entry (a conversion's usual shape): partial at every level.
+            return usize::from(3 - self.cfg.start_level);
+        }
         (self.cfg.start_level..3)
             .map(|l| {
                 let (first, last) = (s >> shift(l), (e - 1) >> shift(l));
@@ -1692,21 +1697,27 @@ impl Stage2 {
     /// start level).
     pub fn lookup(&self, plat: &impl PhysMemory, ipa: Ipa) -> Lookup {
         let ipa = ipa.raw();
-        let mut level = self.cfg.start_level;
         if ipa >= self.cfg.ipa_limit() {
-            return Lookup::Empty { level };
+            return Lookup::Empty {
+                level: self.cfg.start_level,
+            };
         }
+        let (d, level) = self.entry_at(plat, ipa);
+        let k = (ipa & (entry_size(level) - 1)) / PAGE_SIZE;
+        decode(d, level, k)
+    }
+
+    /// The leaf or invalid entry covering `ipa` (below the IPA limit) and its level.
+    fn entry_at(&self, plat: &impl PhysMemory, ipa: u64) -> (u64, u8) {
+        let mut level = self.cfg.start_level;
         let mut table = self.root;
         loop {
-            let i = ((ipa >> shift(level)) & 511) as usize;
-            let d = logical(TablePtr::new(plat, table).read(i));
-            if is_table(d, level) {
-                table = PhysAddr(d & ADDR_MASK);
-                level += 1;
-                continue;
+            let d = logical(TablePtr::new(plat, table).read(index(ipa, level)));
+            if !is_table(d, level) {
+                return (d, level);
             }
-            let k = (ipa & (entry_size(level) - 1)) / PAGE_SIZE;
-            return decode(d, level, k);
+            table = PhysAddr(d & ADDR_MASK);
+            level += 1;
         }
     }
 
@@ -1729,6 +1740,20 @@ impl Stage2 {
             first: 0,
             level: 0,
         };
+        if e <= limit {
+            // Fast path: a range inside one leaf or invalid entry is one chunk, found by a
+            // single descent (a conversion of pages inside a block or of one page).
+            let (d, level) = self.entry_at(plat, s);
+            let ea = s & !(entry_size(level) - 1);
+            if e - ea <= entry_size(level) {
+                let _ = f(
+                    Ipa(s),
+                    range.pages(),
+                    &decode(d, level, (s - ea) / PAGE_SIZE),
+                );
+                return;
+            }
+        }
         let mut flow = ControlFlow::Continue(());
         if s < limit {
             flow = self.walk_table(
