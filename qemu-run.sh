@@ -62,6 +62,23 @@ LINUX_INIT_ELF=$TARGET_DIR/$KERNEL_TARGET/release/verso-linux-init
 LINUX_INITRD_ADDR=0x48000000
 LINUX_CPUS=4
 LINUX_TIMEOUT=180
+# Device DMA of the unmodified kernel through Verso's SMMU (docs/boot.md, "DMA through the SMMU"):
+# a virtio-blk-pci disk on PCI bus 0 (00:01.0, so StreamID 0x8, one of the host StreamIDs Verso
+# points at the host's stage-2), regenerated with random bytes for every boot. `iommu_platform=on`
+# is what makes QEMU send a virtio device's DMA through the SMMU at all (without it QEMU's virtio
+# reads guest RAM directly, whatever the IOMMU says); modern-only, because a legacy virtio device
+# cannot offer VIRTIO_F_ACCESS_PLATFORM. /init writes LINUX_DISK_WRITE_OFFSET's block.
+LINUX_DISK=$LINUX_OUT/disk.img
+LINUX_DISK_BYTES=2097152
+LINUX_DISK_PCI=0000:00:01.0
+LINUX_DISK_SID=0x8
+LINUX_DISK_WRITE_OFFSET=1114112
+# QEMU's own record of what its SMMU did (trace events, `-D`): which StreamIDs translated, at
+# which stage, and every event record or error the SMMU raised. Verso keeps DMA faults for the
+# DMA_FAULTS_READ hypercall, which Linux never makes, so the harness reads QEMU's side instead.
+LINUX_SMMU_TRACE=$LINUX_OUT/smmu-trace.log
+LINUX_SMMU_EVENTS=(smmuv3_translate_success smmuv3_translate_abort smmuv3_translate_bypass
+  smmuv3_translate_disable smmuv3_record_event smmuv3_write_gerror smmuv3_cmdq_consume_error)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'qemu-run.sh: %s\n' "$*" >&2; exit 1; }
@@ -342,6 +359,24 @@ linux_initramfs() {
   # Random bytes, packed last: /init checks their SHA-256, so a truncated or altered initramfs fails.
   head -c 1048576 /dev/urandom >"$dir/blob"
   sha256sum "$dir/blob" | cut -d' ' -f1 >"$dir/blob.sha256"
+  # The virtio-blk disk, random for every boot, and the block /init writes into it: /init checks
+  # the disk's SHA-256 before and after, the harness finds the block in the file afterwards.
+  head -c "$LINUX_DISK_BYTES" /dev/urandom >"$LINUX_DISK"
+  printf '%s\n' "$LINUX_DISK_BYTES" >"$dir/disk.size"
+  printf '%s\n' "$LINUX_DISK_PCI" >"$dir/disk.pci"
+  sha256sum "$LINUX_DISK" | cut -d' ' -f1 >"$dir/disk.sha256"
+  head -c 4096 /dev/urandom >"$dir/write.bin"
+  printf '%s\n' "$LINUX_DISK_WRITE_OFFSET" >"$dir/write.offset"
+  cp "$LINUX_DISK" "$dir/disk.after"
+  dd if="$dir/write.bin" of="$dir/disk.after" bs=4096 seek=$((LINUX_DISK_WRITE_OFFSET / 4096)) \
+    conv=notrunc status=none
+  sha256sum "$dir/disk.after" | cut -d' ' -f1 >"$dir/disk.after.sha256"
+  rm -f "$dir/disk.after"
+  local modules=$LINUX_OUT/modules m module_lines=""
+  cp "$modules/order" "$dir/modules"
+  while IFS= read -r m; do
+    module_lines+="file modules/$m.ko 644 $modules/$m.ko"$'\n'
+  done <"$modules/order"
   # The initrd size goes into the bootargs, which are packed too: a fixed-width size lets the
   # second pass produce an archive exactly as long as the first.
   placeholder=0x00000000
@@ -361,6 +396,15 @@ dir expect 755
 file expect/marker 644 $dir/marker
 file expect/cpus 644 $dir/cpus
 file expect/cmdline 644 $dir/cmdline
+file expect/modules 644 $dir/modules
+file expect/disk.size 644 $dir/disk.size
+file expect/disk.pci 644 $dir/disk.pci
+file expect/disk.sha256 644 $dir/disk.sha256
+file expect/disk.after.sha256 644 $dir/disk.after.sha256
+file expect/write.offset 644 $dir/write.offset
+file expect/write.bin 644 $dir/write.bin
+dir modules 755
+$module_lines
 file expect/blob.sha256 644 $dir/blob.sha256
 file expect/blob 644 $dir/blob
 LIST
@@ -370,16 +414,24 @@ LIST
 }
 
 # Fills QEMU_CMD: the machine of qemu_cmd, the Debian Image as the payload, the initramfs at
-# LINUX_INITRD_ADDR; -no-reboot so a kernel panic (panic=-1) ends QEMU instead of looping.
+# LINUX_INITRD_ADDR, the virtio-blk disk on bus 0 and QEMU's SMMU trace; -no-reboot so a kernel
+# panic (panic=-1) ends QEMU instead of looping.
 linux_qemu_cmd() {
+  local slot=${LINUX_DISK_PCI##*:} event
   QEMU_CMD=(
     "$QEMU" -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max -smp "$LINUX_CPUS" -m 1G
     -nographic -semihosting -nic none -no-reboot
     -kernel "$HYP_ELF"
     -device "loader,file=$LINUX_OUT/Image,addr=$PAYLOAD_ADDR,force-raw=on"
     -device "loader,file=$LINUX_OUT/initramfs.cpio,addr=$LINUX_INITRD_ADDR,force-raw=on"
-    -append "$HYP_ARGS $LINUX_BOOTARGS"
+    -drive "if=none,id=disk,file=$LINUX_DISK,format=raw"
+    -device "virtio-blk-pci,drive=disk,bus=pcie.0,addr=$slot,disable-legacy=on,iommu_platform=on"
+    -D "$LINUX_SMMU_TRACE"
   )
+  for event in "${LINUX_SMMU_EVENTS[@]}"; do
+    QEMU_CMD+=(-trace "enable=$event")
+  done
+  QEMU_CMD+=(-append "$HYP_ARGS $LINUX_BOOTARGS")
 }
 
 # linux_check NAME CONDITION-STATUS WHY: one PASS/FAIL line judged from the console log.
@@ -433,7 +485,33 @@ run_linux_suite() {
   [ "$SUITE_RC" -eq 0 ] && grep -q 'reboot: Power down' "$log" || status=1
   linux_check linux_powers_off_through_psci_system_off "$status" \
     "QEMU exit status $SUITE_RC, 'reboot: Power down' $(grep -c 'reboot: Power down' "$log" || true) times"
+  linux_dma_checks
   rm -f "$log"
+}
+
+# What only QEMU's side shows of the disk's DMA: its SMMU translated the disk's StreamID at stage 2
+# (Verso's stage-2-only STE, walking the host's stage-2), never let it bypass, recorded no fault
+# and raised no error; and the block /init wrote is in the image file, with nothing else changed.
+linux_dma_checks() {
+  local trace=$LINUX_SMMU_TRACE sid=$LINUX_DISK_SID status translated other bad
+  local dir=$LINUX_OUT/initramfs.d
+  translated=$(grep -cE "^smmuv3_translate_success .*sid=$sid .*stage=2\b" "$trace" 2>/dev/null || true)
+  other=$(grep -E "^smmuv3_translate_(success|bypass|disable) .*sid=$sid " "$trace" 2>/dev/null |
+    grep -vcE 'stage=2\b' || true)
+  status=0
+  [ "${translated:-0}" -gt 0 ] && [ "${other:-0}" -eq 0 ] || status=1
+  linux_check linux_virtio_blk_dma_is_translated_by_the_smmu_at_stage_2 "$status" \
+    "$trace: ${translated:-0} stage-2 translations for StreamID $sid, ${other:-0} bypassed or at another stage"
+  bad=$(grep -E '^smmuv3_(record_event|translate_abort|write_gerror|cmdq_consume_error) ' "$trace" 2>/dev/null || true)
+  status=0
+  [ -s "$trace" ] && [ -z "$bad" ] || status=1
+  linux_check linux_smmu_records_no_dma_fault_and_no_error "$status" \
+    "$(printf '%s\n' "$bad" | grep -c . || true) fault/error trace lines in $trace, first: $(printf '%s\n' "$bad" | head -n1)"
+  status=0
+  cmp -s -n 4096 -i "$LINUX_DISK_WRITE_OFFSET:0" "$LINUX_DISK" "$dir/write.bin" &&
+    [ "$(sha256sum "$LINUX_DISK" | cut -d' ' -f1)" = "$(cat "$dir/disk.after.sha256")" ] || status=1
+  linux_check linux_virtio_blk_write_reached_the_disk_image "$status" \
+    "$LINUX_DISK at $LINUX_DISK_WRITE_OFFSET does not hold /init's block, or other bytes changed"
 }
 
 # `./qemu-run.sh linux [ARGS]`: the same boot in the foreground (Ctrl-a x leaves QEMU).

@@ -10,7 +10,8 @@
 # archive (where bookworm's kernel updates live). Debian drops superseded kernels from the pool,
 # so if the pinned .deb is gone the newest linux-image-6.1.0-*-cloud-arm64 in the bookworm-security
 # (then bookworm) package index is taken, checked against the SHA-256 the index gives.
-# The download is cached: DIR/Image and DIR/Image.source (the package it came from).
+# The download is cached: DIR/Image, DIR/Image.source (the package it came from) and DIR/modules/
+# (the same package's virtio modules, below, plus `order`: their names in load order).
 set -euo pipefail
 
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 1; }
@@ -29,12 +30,25 @@ INDEXES=(
   debian/dists/bookworm/main/binary-arm64
 )
 TRIES=3
+# The modules the `linux` suite loads to drive a virtio-blk-pci disk (the cloud kernel builds
+# CONFIG_VIRTIO, _PCI, _BLK as modules), in load order: each one's `depends=` (its .modinfo) names
+# only modules before it, which is checked below. The package has no modules.dep (depmod makes it
+# at install time) and its modules are not compressed (CONFIG_MODULE_COMPRESS_NONE=y), so /init
+# can hand the raw files to finit_module(2).
+MODULES=(
+  drivers/virtio/virtio_ring
+  drivers/virtio/virtio
+  drivers/virtio/virtio_pci_modern_dev
+  drivers/virtio/virtio_pci_legacy_dev
+  drivers/virtio/virtio_pci
+  drivers/block/virtio_blk
+)
 
 log() { printf 'fetch-kernel: %s\n' "$*" >&2; }
 unavailable() { log "$*"; exit 2; }
 broken() { log "$*"; exit 1; }
 
-if [ -s "$dir/Image" ] && [ -s "$dir/Image.source" ]; then
+if [ -s "$dir/Image" ] && [ -s "$dir/Image.source" ] && [ -s "$dir/modules/order" ]; then
   printf 'cached %s\n' "$(cat "$dir/Image.source")"
   exit 0
 fi
@@ -148,6 +162,29 @@ tar -xOf "$work/data.tar" "$vmlinuz" >"$work/Image"
 # A raw arm64 Image has "ARM\x64" at offset 0x38 (Documentation/arch/arm64/booting.rst).
 [ "$(od -An -tx1 -j56 -N4 "$work/Image" | tr -d ' \n')" = 41524d64 ] ||
   broken "$vmlinuz is not a raw arm64 Image"
+
+# The modules, as ./lib/modules/<version>/kernel/<path>.ko.
+rm -rf "$work/modules" && mkdir -p "$work/modules"
+loaded=" "
+for m in "${MODULES[@]}"; do
+  name=${m##*/}
+  member=$(tar -tf "$work/data.tar" | grep -E "^\./lib/modules/[^/]+/kernel/$m\.ko$" | head -n1)
+  [ -n "$member" ] || broken "no $m.ko in the package (compressed or renamed?)"
+  tar -xOf "$work/data.tar" "$member" >"$work/modules/$name.ko"
+  # An uncompressed module is an ELF file.
+  [ "$(od -An -tx1 -N4 "$work/modules/$name.ko" | tr -d ' \n')" = 7f454c46 ] ||
+    broken "$member is not an uncompressed ELF module"
+  deps=$(tr '\0' '\n' <"$work/modules/$name.ko" | sed -n 's/^depends=//p' | head -n1)
+  for d in ${deps//,/ }; do
+    case $loaded in
+      *" $d "*) ;;
+      *) broken "$name depends on $d, which is not loaded before it" ;;
+    esac
+  done
+  loaded+="$name "
+  printf '%s\n' "$name" >>"$work/modules/order"
+done
 mv "$work/Image" "$dir/Image"
+rm -rf "$dir/modules" && mv "$work/modules" "$dir/modules"
 printf '%s\n' "$source" >"$dir/Image.source"
 printf 'downloaded %s\n' "$source"

@@ -6,7 +6,10 @@
 //! What the harness (`qemu-run.sh`, `linux_initramfs`) expects is packed next to this binary in
 //! `/expect/`: the random `marker` it put on the command line, the exact `cmdline` Linux should
 //! see (the `-append` string minus Verso's `verso.*` words), the number of `cpus` QEMU has, and
-//! a random `blob` with its SHA-256, so that the initramfs is proven to arrive byte for byte.
+//! a random `blob` with its SHA-256, so that the initramfs is proven to arrive byte for byte;
+//! and, for the DMA checks, the virtio `modules` to load (in order, the files in `/modules/`), the
+//! PCI address, size and SHA-256 of the virtio-blk disk QEMU was given, and a block to write
+//! into it (`write.bin` at `write.offset`) with the SHA-256 the whole disk must have afterwards.
 //!
 //! A static executable with no libc: `_start` below, raw system calls in [`sys`], no allocator
 //! (fixed buffers), no `unsafe` outside [`sys`].
@@ -138,6 +141,18 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives",
         user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives,
+    ),
+    (
+        "virtio_modules_from_the_kernel_package_load",
+        virtio_modules_from_the_kernel_package_load,
+    ),
+    (
+        "virtio_blk_dma_through_the_smmu_reads_the_disk_byte_for_byte",
+        virtio_blk_dma_through_the_smmu_reads_the_disk_byte_for_byte,
+    ),
+    (
+        "virtio_blk_dma_through_the_smmu_writes_a_block_and_reads_it_back",
+        virtio_blk_dma_through_the_smmu_writes_a_block_and_reads_it_back,
     ),
     (
         "kernel_log_has_no_oops_bug_or_warning",
@@ -644,6 +659,8 @@ fn kernel_log_has_no_oops_bug_or_warning() -> Result<(), Why> {
         b"SError",
         b"Unhandled fault",
         b"Initramfs unpacking failed",
+        // A virtio-blk request that failed (e.g. its DMA aborted): "I/O error, dev vda, ...".
+        b"I/O error",
     ];
     let mut buf = [0u8; 256 * 1024];
     let log = kernel_log(&mut buf)?;
@@ -692,6 +709,205 @@ fn user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives() -> Result<(), W
         Ok((end, false)) => fail!("expected SIGBUS, the child ended {end:?}"),
         Err(e) => fail!("wait4: errno {}", e.0),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device DMA through the SMMU: a virtio-blk-pci disk on PCI bus 0
+
+/// How long the disk may take to appear after `virtio_blk` loads.
+const DISK_WAIT_MS: usize = 10_000;
+
+/// A buffer for `O_DIRECT` transfers: the device DMAs straight into or out of it, so it must be
+/// aligned to (and a multiple of) the logical block size; a page covers every block size.
+#[repr(C, align(4096))]
+struct Sectors([u8; 64 * 1024]);
+
+/// Loads each module `/expect/modules` names, in that order, from `/modules/<name>.ko`: the
+/// virtio core, ring, PCI transport and block driver of the very package the kernel came from
+/// (the cloud kernel builds them as modules). Loading `virtio_pci` binds the virtio-blk-pci
+/// function QEMU has on bus 0, and `virtio_blk` then creates `vda`.
+fn virtio_modules_from_the_kernel_package_load() -> Result<(), Why> {
+    let mut buf = [0u8; 512];
+    let list = expected(c"modules", &mut buf)?;
+    let mut count = 0;
+    for name in list.split(|&b| b == b'\n').filter(|n| !n.is_empty()) {
+        let mut path = Line::new();
+        let _ = write!(path, "/modules/{}.ko\0", Text(name));
+        let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+            fail!("module name \"{}\" is not a file name", Text(name));
+        };
+        let fd = match sys::open(path) {
+            Ok(fd) => fd,
+            Err(e) => fail!("open {}: errno {}", Text(path.to_bytes()), e.0),
+        };
+        if let Err(e) = fd.finit_module() {
+            fail!("finit_module {}: errno {}", Text(path.to_bytes()), e.0);
+        }
+        count += 1;
+    }
+    if count == 0 {
+        fail!("/expect/modules names no module");
+    }
+    Ok(())
+}
+
+/// Waits for `/sys/block/vda`, checks that it is the virtio-blk function at the PCI address the
+/// harness gave QEMU (bus 0: its StreamID is one Verso points at the host's stage-2) and has the
+/// expected size, makes `/dev/vda` from its `dev` numbers and opens it with `O_DIRECT`.
+fn open_disk() -> Result<(sys::Fd, u64), Why> {
+    let mut waited = 0;
+    while sys::open(c"/sys/block/vda/dev").is_err() {
+        if waited >= DISK_WAIT_MS {
+            fail!("no /sys/block/vda {DISK_WAIT_MS} ms after the modules loaded");
+        }
+        sys::sleep_ms(20);
+        waited += 20;
+    }
+    let mut pci = [0u8; 32];
+    let pci = expected(c"disk.pci", &mut pci)?;
+    let mut path = Line::new();
+    let _ = write!(
+        path,
+        "/sys/bus/pci/devices/{}/virtio0/block/vda\0",
+        Text(pci)
+    );
+    let Ok(path) = CStr::from_bytes_with_nul(path.as_bytes()) else {
+        fail!("/expect/disk.pci is not a PCI address");
+    };
+    if let Err(e) = sys::open_dir(path) {
+        fail!(
+            "vda is not the virtio-blk function at PCI {} ({} errno {})",
+            Text(pci),
+            Text(path.to_bytes()),
+            e.0
+        );
+    }
+    let mut buf = [0u8; 32];
+    let sectors = read_file(c"/sys/block/vda/size", &mut buf)?;
+    let mut want = [0u8; 32];
+    let Some(want) = parse_u64(expected(c"disk.size", &mut want)?, 10) else {
+        fail!("/expect/disk.size is not a number");
+    };
+    let Some(size) = parse_u64(trim_end(sectors), 10).and_then(|s| s.checked_mul(512)) else {
+        fail!("cannot parse /sys/block/vda/size \"{}\"", Text(sectors));
+    };
+    if size != want {
+        fail!("vda has {size} bytes, the harness made a {want}-byte disk");
+    }
+    let mut buf = [0u8; 32];
+    let dev = trim_end(read_file(c"/sys/block/vda/dev", &mut buf)?);
+    let numbers = dev.iter().position(|&b| b == b':').and_then(|colon| {
+        Some((
+            parse_u64(&dev[..colon], 10)?,
+            parse_u64(&dev[colon + 1..], 10)?,
+        ))
+    });
+    let Some((major, minor)) = numbers else {
+        fail!("cannot parse /sys/block/vda/dev \"{}\"", Text(dev));
+    };
+    match sys::mknod_block(c"/dev/vda", major as usize, minor as usize) {
+        Ok(()) | Err(Errno(sys::EEXIST)) => {}
+        Err(e) => fail!("mknod /dev/vda {major}:{minor}: errno {}", e.0),
+    }
+    match sys::open_direct(c"/dev/vda") {
+        Ok(fd) => Ok((fd, size)),
+        Err(e) => fail!("open /dev/vda with O_DIRECT: errno {}", e.0),
+    }
+}
+
+/// The SHA-256 (hex) of the whole disk, read with `O_DIRECT` in 64 KiB requests: every byte is
+/// DMA'd by the device into `buf` now, none comes from the page cache.
+fn disk_sha256(disk: &sys::Fd, size: u64, buf: &mut Sectors) -> Result<[u8; 64], Why> {
+    let mut hash = sha256::Sha256::new();
+    let mut at = 0u64;
+    while at < size {
+        let want = (size - at).min(buf.0.len() as u64) as usize;
+        // Poison first: a DMA that never lands must not leave the previous chunk's bytes.
+        buf.0[..want].fill(0xa5);
+        match disk.pread_at(&mut buf.0[..want], at) {
+            Ok(n) if n == want => hash.update(&buf.0[..n]),
+            Ok(n) => fail!("pread of {want} bytes at {at:#x} returned {n}"),
+            Err(e) => fail!("pread of {want} bytes at {at:#x}: errno {}", e.0),
+        }
+        at += want as u64;
+    }
+    Ok(hash.finish_hex())
+}
+
+/// The whole disk, read through the virtio-blk device's DMA into this process's pages (which
+/// the host stage-2 maps, and which the SMMU translates through that same stage-2), has exactly
+/// the SHA-256 of the image the harness generated.
+fn virtio_blk_dma_through_the_smmu_reads_the_disk_byte_for_byte() -> Result<(), Why> {
+    let (disk, size) = open_disk()?;
+    let mut want = [0u8; 80];
+    let want = expected(c"disk.sha256", &mut want)?;
+    let mut buf = Sectors([0; 64 * 1024]);
+    let got = disk_sha256(&disk, size, &mut buf)?;
+    if got.as_slice() != want {
+        fail!(
+            "/dev/vda ({size} bytes) has SHA-256 {}, the harness's image {}",
+            Text(&got),
+            Text(want)
+        );
+    }
+    Ok(())
+}
+
+/// The other direction: the device reads a block from this process's memory (DMA out of RAM)
+/// and writes it to the disk; an `O_DIRECT` read brings it back (DMA into RAM) byte for byte;
+/// and the whole disk afterwards has the SHA-256 the harness computed for "the image with that
+/// block replaced": the block landed at its offset and nothing else changed. (The harness also
+/// finds the block in the image file once QEMU has exited.)
+fn virtio_blk_dma_through_the_smmu_writes_a_block_and_reads_it_back() -> Result<(), Why> {
+    let (disk, size) = open_disk()?;
+    let mut text = [0u8; 32];
+    let Some(offset) = parse_u64(expected(c"write.offset", &mut text)?, 10) else {
+        fail!("/expect/write.offset is not a number");
+    };
+    let mut block = [0u8; 4096];
+    let fd = match sys::open(c"/expect/write.bin") {
+        Ok(fd) => fd,
+        Err(e) => fail!("open /expect/write.bin: errno {}", e.0),
+    };
+    match fd.read_to_fill(&mut block) {
+        Ok(n) if n == block.len() => {}
+        Ok(n) => fail!("/expect/write.bin has {n} bytes, not {}", block.len()),
+        Err(e) => fail!("read /expect/write.bin: errno {}", e.0),
+    }
+    let mut buf = Sectors([0; 64 * 1024]);
+    buf.0[..block.len()].copy_from_slice(&block);
+    match disk.pwrite_at(&buf.0[..block.len()], offset) {
+        Ok(n) if n == block.len() => {}
+        Ok(n) => fail!("pwrite of 4096 bytes at {offset:#x} wrote {n}"),
+        Err(e) => fail!("pwrite of 4096 bytes at {offset:#x}: errno {}", e.0),
+    }
+    if let Err(e) = disk.fdatasync() {
+        fail!("fdatasync /dev/vda: errno {}", e.0);
+    }
+    buf.0[..block.len()].fill(0);
+    match disk.pread_at(&mut buf.0[..block.len()], offset) {
+        Ok(n) if n == block.len() => {}
+        Ok(n) => fail!("pread of 4096 bytes at {offset:#x} returned {n}"),
+        Err(e) => fail!("pread of 4096 bytes at {offset:#x}: errno {}", e.0),
+    }
+    if let Some(i) = (0..block.len()).find(|&i| buf.0[i] != block[i]) {
+        fail!(
+            "the block read back from {offset:#x} differs from the one written at byte {i} ({:#04x}, wrote {:#04x})",
+            buf.0[i],
+            block[i]
+        );
+    }
+    let mut want = [0u8; 80];
+    let want = expected(c"disk.after.sha256", &mut want)?;
+    let got = disk_sha256(&disk, size, &mut buf)?;
+    if got.as_slice() != want {
+        fail!(
+            "after the write /dev/vda has SHA-256 {}, expected {}",
+            Text(&got),
+            Text(want)
+        );
+    }
+    Ok(())
 }
 
 #[panic_handler]

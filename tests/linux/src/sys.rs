@@ -16,6 +16,10 @@ const SYS_CLOSE: usize = 57;
 const SYS_GETDENTS64: usize = 61;
 const SYS_READ: usize = 63;
 const SYS_WRITE: usize = 64;
+const SYS_PREAD64: usize = 67;
+const SYS_PWRITE64: usize = 68;
+const SYS_FDATASYNC: usize = 83;
+const SYS_FINIT_MODULE: usize = 273;
 const SYS_EXIT: usize = 93;
 const SYS_SYSLOG: usize = 116;
 const SYS_REBOOT: usize = 142;
@@ -31,6 +35,11 @@ const AT_FDCWD: isize = -100;
 const O_RDONLY: usize = 0;
 /// `O_WRONLY`.
 const O_WRONLY: usize = 1;
+/// `O_RDWR`.
+const O_RDWR: usize = 2;
+/// `O_DIRECT` as arm64 defines it (arch/arm64/include/uapi/asm/fcntl.h; x86's is 0o40000): the
+/// transfer goes between the device and the caller's buffer, never through the page cache.
+const O_DIRECT: usize = 0o200000;
 /// `O_DIRECTORY` as arm64 defines it (arch/arm64/include/uapi/asm/fcntl.h; not x86's value).
 const O_DIRECTORY: usize = 0o40000;
 /// `O_CLOEXEC`.
@@ -127,6 +136,13 @@ pub fn open_write(path: &CStr) -> Result<Fd, Errno> {
     open_at(AT_FDCWD, path, O_WRONLY)
 }
 
+/// Opens the block device `path` for reading and writing with `O_DIRECT`: every `pread_at` and
+/// `pwrite_at` is one request to the device (buffers, offsets and lengths must be multiples of
+/// the logical block size).
+pub fn open_direct(path: &CStr) -> Result<Fd, Errno> {
+    open_at(AT_FDCWD, path, O_RDWR | O_DIRECT)
+}
+
 /// Opens the directory `path` for `getdents`.
 pub fn open_dir(path: &CStr) -> Result<Fd, Errno> {
     open_at(AT_FDCWD, path, O_RDONLY | O_DIRECTORY)
@@ -161,6 +177,48 @@ impl Fd {
             }
         }
         Ok(len)
+    }
+
+    /// pread(2): reads into `buf` from byte `offset`; returns how many bytes came.
+    pub fn pread_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+        syscall(
+            SYS_PREAD64,
+            [
+                self.0 as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+                offset as usize,
+                0,
+            ],
+        )
+    }
+
+    /// pwrite(2): writes `bytes` at byte `offset`; returns how many bytes went.
+    pub fn pwrite_at(&self, bytes: &[u8], offset: u64) -> Result<usize, Errno> {
+        syscall(
+            SYS_PWRITE64,
+            [
+                self.0 as usize,
+                bytes.as_ptr() as usize,
+                bytes.len(),
+                offset as usize,
+                0,
+            ],
+        )
+    }
+
+    /// fdatasync(2): returns once the device says the data is stable (a virtio-blk FLUSH).
+    pub fn fdatasync(&self) -> Result<(), Errno> {
+        syscall(SYS_FDATASYNC, [self.0 as usize, 0, 0, 0, 0]).map(|_| ())
+    }
+
+    /// finit_module(2) of this file (a kernel module, uncompressed) with no parameters.
+    pub fn finit_module(&self) -> Result<(), Errno> {
+        syscall(
+            SYS_FINIT_MODULE,
+            [self.0 as usize, c"".as_ptr() as usize, 0, 0, 0],
+        )
+        .map(|_| ())
     }
 
     /// Writes all of `bytes`.
@@ -259,11 +317,39 @@ pub fn mknod_char(path: &CStr, major: usize, minor: usize) -> Result<(), Errno> 
             AT_FDCWD as usize,
             path.as_ptr() as usize,
             S_IFCHR | 0o600,
-            (major << 8) | minor,
+            dev_t(major, minor),
             0,
         ],
     )
     .map(|_| ())
+}
+
+/// Creates the block device node `path` (major, minor), mode 0600.
+pub fn mknod_block(path: &CStr, major: usize, minor: usize) -> Result<(), Errno> {
+    const S_IFBLK: usize = 0o060000;
+    syscall(
+        SYS_MKNODAT,
+        [
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            S_IFBLK | 0o600,
+            dev_t(major, minor),
+            0,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// The kernel's `dev_t` encoding (new_encode_dev): the old 8:8 layout for small numbers, with the
+/// minor's high bits above the major (block majors such as virtio-blk's are dynamic, >= 240).
+fn dev_t(major: usize, minor: usize) -> usize {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// Sleeps about `ms` milliseconds.
+pub fn sleep_ms(ms: usize) {
+    let ts: [i64; 2] = [(ms / 1000) as i64, ((ms % 1000) * 1_000_000) as i64];
+    let _ = syscall(SYS_NANOSLEEP, [ts.as_ptr() as usize, 0, 0, 0, 0]);
 }
 
 /// fork(2): `Ok(0)` in the child, `Ok(pid)` in the parent.
