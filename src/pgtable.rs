@@ -1672,7 +1672,13 @@ impl Stage2 {
             let child = PhysAddr(d & ADDR_MASK);
             pass.update(child, 3, ea, s, e, target, true);
             if let Some(merged) = pass.merged(child, 3) {
+                let pending_before = pass.pending;
                 pass.replace(parent, i, 2, ea, merged, true);
+                if pending_before.is_none() && pass.pending.is_some() {
+                    // The only pending entry is the coalesced one: written directly later.
+                    pass.pending = None;
+                    pass.pending_entry = Some((parent, i));
+                }
             }
         } else if let Some(child) = pass.split_table(d, 3) {
             pass.update(child, 3, ea, s, e, target, false);
