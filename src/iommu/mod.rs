@@ -339,16 +339,15 @@ impl Smmu {
         if vmid != self.host_vmid || pages == 0 {
             return Ok(());
         }
+        if self.range_invalidation {
+            // The range commands go to the queue straight from where they were built.
+            return match ipa_range_commands(vmid, start, pages) {
+                Some((cmds, n)) => self.invalidate(p, &cmds[..n]),
+                None => self.invalidate_vmid(p, vmid),
+            };
+        }
         let mut batch = [Command::Sync; MAX_BATCH];
-        let n = if self.range_invalidation {
-            match ipa_range_commands(vmid, start, pages) {
-                Some((cmds, n)) => {
-                    batch[..n].copy_from_slice(&cmds[..n]);
-                    n
-                }
-                None => return self.invalidate_vmid(p, vmid),
-            }
-        } else if pages <= MAX_PAGE_COMMANDS {
+        let n = if pages <= MAX_PAGE_COMMANDS {
             for (i, slot) in batch.iter_mut().take(pages as usize).enumerate() {
                 *slot = Command::TlbiS2Ipa {
                     vmid,
