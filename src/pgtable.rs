@@ -1814,6 +1814,34 @@ impl Stage2 {
         let size = entry_size(level);
         let first = ((s - base) >> shift(level)) as usize;
         let last = ((e - 1 - base) >> shift(level)) as usize;
+        if level == 3 {
+            // Pages: an entry is its own page view, and the view that continues the chunk is
+            // carried from entry to entry instead of recomputed from the chunk's first page.
+            let mut next = page_of(chunk.first, chunk.pages);
+            for i in first..=last {
+                let d = logical(t.read(i));
+                if chunk.pages > 0 && d == next {
+                    chunk.pages += 1;
+                    next = page_of(next, 1);
+                    continue;
+                }
+                if chunk.pages > 0 {
+                    f(
+                        Ipa(chunk.start),
+                        chunk.pages,
+                        &decode(chunk.first, chunk.level, 0),
+                    )?;
+                }
+                *chunk = Chunk {
+                    start: base + i as u64 * PAGE_SIZE,
+                    pages: 1,
+                    first: d,
+                    level: 3,
+                };
+                next = page_of(d, 1);
+            }
+            return ControlFlow::Continue(());
+        }
         for i in first..=last {
             let ea = base + i as u64 * size;
             let (cs, ce) = (s.max(ea), e.min(ea + size));
