@@ -943,6 +943,56 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         live: bool,
         expansion: Option<u64>,
     ) -> i16 {
+        // One loop per kind of target, so that the per-entry value is computed without a
+        // dispatch (a state change is the common case and needs neither `ea` nor `entry`).
+        match *target {
+            Target::Modify { mask, bits } if mask & PERM_MASK == 0 => {
+                // Software bits only (a page-state change): written in place, never invalidated
+                // (walkers ignore the bits), so the loop is a read, a compare and a write.
+                let (exp0, step) = expansion.map_or((0, 0), |x| (x, step(x, 3)));
+                let mut expect = exp0.wrapping_add(first as u64 * step);
+                let mut delta = 0i16;
+                for i in first..=last {
+                    let old = t.read(i);
+                    let new = (old & !mask) | bits;
+                    if is_valid(old) && new != old {
+                        delta += i16::from(new != expect) - i16::from(old != expect);
+                        t.write(i, new);
+                    }
+                    expect = expect.wrapping_add(step);
+                }
+                delta
+            }
+            Target::Modify { mask, bits } => {
+                let new_of = |old: u64, _ea: u64| {
+                    if is_valid(old) {
+                        (old & !mask) | bits
+                    } else {
+                        old
+                    }
+                };
+                self.update_pages_with(t, base, first, last, live, expansion, new_of)
+            }
+            _ => {
+                let new_of = |old: u64, ea: u64| target.entry(old, ea, 3).unwrap_or(old);
+                self.update_pages_with(t, base, first, last, live, expansion, new_of)
+            }
+        }
+    }
+
+    /// The loop of [`Self::update_pages`], with `new_of(old, ea)` the new value of an entry.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn update_pages_with(
+        &mut self,
+        t: TablePtr,
+        base: u64,
+        first: usize,
+        last: usize,
+        live: bool,
+        expansion: Option<u64>,
+        new_of: impl Fn(u64, u64) -> u64,
+    ) -> i16 {
         let (exp0, step) = expansion.map_or((0, 0), |x| (x, step(x, 3)));
         let mut delta = 0i16;
         let mut revoked: Option<(usize, usize)> = None;
@@ -951,18 +1001,10 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         for i in first..=last {
             // Each entry is visited once per operation, so none is pending yet.
             let old = t.read(i);
-            let new = match *target {
-                Target::Modify { mask, bits } if is_valid(old) => (old & !mask) | bits,
-                Target::Modify { .. } => old,
-                _ => {
-                    let ea = base + i as u64 * PAGE_SIZE;
-                    target.entry(old, ea, 3).unwrap_or(old)
-                }
-            };
+            let new = new_of(old, base + i as u64 * PAGE_SIZE);
             if new != old {
-                if expansion.is_some() {
-                    delta += i16::from(new != expect) - i16::from(old != expect);
-                }
+                // Meaningless (and unused) for an untracked table.
+                delta += i16::from(new != expect) - i16::from(old != expect);
                 let span = |sp: Option<(usize, usize)>| Some(sp.map_or((i, i), |(a, _)| (a, i)));
                 if !live || !is_valid(old) {
                     t.write(i, new);
