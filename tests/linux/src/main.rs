@@ -22,6 +22,7 @@ mod sys;
 
 use core::ffi::CStr;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use sys::Errno;
 
@@ -177,6 +178,14 @@ extern "C" fn init_main() -> ! {
         }
     }
     println!("{passed} passed, {failed} failed");
+    if STUCK.load(Ordering::Relaxed) {
+        // sysrq `b`: emergency_restart(), no device shutdown, straight to PSCI SYSTEM_RESET (QEMU
+        // exits on it with -no-reboot). The harness then finds no "reboot: Power down".
+        println!("verso linux init: a process is stuck in the kernel; restarting with sysrq b");
+        if let Err(e) = sys::open_write(c"/proc/sysrq-trigger").and_then(|f| f.write_all(b"b")) {
+            println!("verso linux init: sysrq b: errno {}", e.0);
+        }
+    }
     let err = sys::power_off();
     println!(
         "verso linux init: reboot(POWER_OFF) returned errno {}",
@@ -716,6 +725,61 @@ fn user_read_of_hyp_memory_gets_sigbus_and_the_kernel_survives() -> Result<(), W
 
 /// How long the disk may take to appear after `virtio_blk` loads.
 const DISK_WAIT_MS: usize = 10_000;
+/// Set when a check's child process could not be ended: the later DMA checks are not run (they
+/// would wait on the same stuck disk), and /init restarts the machine instead of powering it off
+/// (Linux's power-off path waits for the stuck request and never reaches PSCI SYSTEM_OFF).
+static STUCK: AtomicBool = AtomicBool::new(false);
+
+/// How long each DMA check may take (well under a second when DMA works). A DMA the SMMU aborts
+/// leaves a request that never completes and its process in an uninterruptible wait, so each
+/// check runs in a child process that /init abandons after this long, with a FAIL.
+const DMA_CHECK_MS: usize = 20_000;
+
+/// Runs `check` in a child process and returns its result, or fails if the child is not done
+/// within `ms` (it is then killed if it can be, and left behind if it cannot).
+fn in_child(check: Check, ms: usize) -> Result<(), Why> {
+    if STUCK.load(Ordering::Relaxed) {
+        fail!("not run: an earlier check's process is stuck in the kernel");
+    }
+    let (reader, writer) = match sys::pipe() {
+        Ok(ends) => ends,
+        Err(e) => fail!("pipe: errno {}", e.0),
+    };
+    let pid = match sys::fork() {
+        Ok(0) => {
+            drop(reader);
+            // The reason fits in one pipe buffer (480 < PIPE_BUF): this write cannot block.
+            let code = match check() {
+                Ok(()) => 0,
+                Err(why) => {
+                    let _ = writer.write_all(why.as_bytes());
+                    1
+                }
+            };
+            sys::exit(code)
+        }
+        Ok(pid) => pid,
+        Err(e) => fail!("fork: errno {}", e.0),
+    };
+    drop(writer);
+    match sys::wait_child_until(pid, ms) {
+        Ok(Some(sys::ChildEnd::Exited(0))) => Ok(()),
+        Ok(Some(sys::ChildEnd::Exited(_))) => {
+            let mut why = Line::new();
+            let len = reader.read_to_fill(&mut why.buf).unwrap_or(0);
+            why.len = len;
+            Err(why)
+        }
+        Ok(Some(sys::ChildEnd::Signaled(sig))) => fail!("the check's process died of signal {sig}"),
+        Ok(None) => {
+            STUCK.store(true, Ordering::Relaxed);
+            fail!(
+            "not done after {ms} ms and unkillable: stuck in the kernel waiting for the disk (a DMA that never completes?)"
+            )
+        }
+        Err(e) => fail!("wait4: errno {}", e.0),
+    }
+}
 
 /// A buffer for `O_DIRECT` transfers: the device DMAs straight into or out of it, so it must be
 /// aligned to (and a multiple of) the logical block size; a page covers every block size.
@@ -727,6 +791,10 @@ struct Sectors([u8; 64 * 1024]);
 /// (the cloud kernel builds them as modules). Loading `virtio_pci` binds the virtio-blk-pci
 /// function QEMU has on bus 0, and `virtio_blk` then creates `vda`.
 fn virtio_modules_from_the_kernel_package_load() -> Result<(), Why> {
+    in_child(load_virtio_modules, DMA_CHECK_MS)
+}
+
+fn load_virtio_modules() -> Result<(), Why> {
     let mut buf = [0u8; 512];
     let list = expected(c"modules", &mut buf)?;
     let mut count = 0;
@@ -838,6 +906,10 @@ fn disk_sha256(disk: &sys::Fd, size: u64, buf: &mut Sectors) -> Result<[u8; 64],
 /// the host stage-2 maps, and which the SMMU translates through that same stage-2), has exactly
 /// the SHA-256 of the image the harness generated.
 fn virtio_blk_dma_through_the_smmu_reads_the_disk_byte_for_byte() -> Result<(), Why> {
+    in_child(read_the_disk, DMA_CHECK_MS)
+}
+
+fn read_the_disk() -> Result<(), Why> {
     let (disk, size) = open_disk()?;
     let mut want = [0u8; 80];
     let want = expected(c"disk.sha256", &mut want)?;
@@ -859,6 +931,10 @@ fn virtio_blk_dma_through_the_smmu_reads_the_disk_byte_for_byte() -> Result<(), 
 /// block replaced": the block landed at its offset and nothing else changed. (The harness also
 /// finds the block in the image file once QEMU has exited.)
 fn virtio_blk_dma_through_the_smmu_writes_a_block_and_reads_it_back() -> Result<(), Why> {
+    in_child(write_a_block_and_read_it_back, DMA_CHECK_MS)
+}
+
+fn write_a_block_and_read_it_back() -> Result<(), Why> {
     let (disk, size) = open_disk()?;
     let mut text = [0u8; 32];
     let Some(offset) = parse_u64(expected(c"write.offset", &mut text)?, 10) else {

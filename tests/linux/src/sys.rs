@@ -13,6 +13,7 @@ const SYS_MKDIRAT: usize = 34;
 const SYS_MOUNT: usize = 40;
 const SYS_OPENAT: usize = 56;
 const SYS_CLOSE: usize = 57;
+const SYS_PIPE2: usize = 59;
 const SYS_GETDENTS64: usize = 61;
 const SYS_READ: usize = 63;
 const SYS_WRITE: usize = 64;
@@ -423,6 +424,43 @@ pub fn wait_child(pid: usize, ms: usize) -> Result<(ChildEnd, bool), Errno> {
         let _ = syscall(SYS_NANOSLEEP, [ts.as_ptr() as usize, 0, 0, 0, 0]);
         waited += 10;
     }
+}
+
+/// Like [`wait_child`], but gives up: after `ms` the child gets SIGKILL, and if it has not ended
+/// a second later (a process inside an uninterruptible kernel wait, e.g. for a disk request that
+/// never completes, dies only when the wait ends) `Ok(None)` says it is still there.
+pub fn wait_child_until(pid: usize, ms: usize) -> Result<Option<ChildEnd>, Errno> {
+    let mut waited = 0;
+    loop {
+        let mut status: i32 = 0;
+        let r = syscall(
+            SYS_WAIT4,
+            [pid, &mut status as *mut i32 as usize, WNOHANG, 0, 0],
+        )?;
+        if r == pid {
+            let s = status as usize;
+            return Ok(Some(if s & 0x7f == 0 {
+                ChildEnd::Exited((s >> 8) & 0xff)
+            } else {
+                ChildEnd::Signaled(s & 0x7f)
+            }));
+        }
+        if waited == ms {
+            let _ = syscall(SYS_KILL, [pid, SIGKILL, 0, 0, 0]);
+        }
+        if waited >= ms + 1000 {
+            return Ok(None);
+        }
+        sleep_ms(10);
+        waited += 10;
+    }
+}
+
+/// pipe2(2) with `O_CLOEXEC`: (read end, write end).
+pub fn pipe() -> Result<(Fd, Fd), Errno> {
+    let mut fds = [0i32; 2];
+    syscall(SYS_PIPE2, [fds.as_mut_ptr() as usize, O_CLOEXEC, 0, 0, 0])?;
+    Ok((Fd(fds[0] as isize), Fd(fds[1] as isize)))
 }
 
 /// Reads the 8 bytes at `addr` (a mapping this process made). Only for the fault checks.
