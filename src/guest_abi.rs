@@ -8,7 +8,6 @@
 //! turned into a "no memory" exit so that the host donates, and the `hvc` is executed again.
 
 use crate::addr::{Ipa, PageRange, PAGE_SIZE};
-use crate::convlog;
 use crate::error::Error;
 use crate::mem::decode::{page_range, GuestCall};
 use crate::mem::Ownership;
@@ -119,10 +118,10 @@ fn convert<A: TableAllocator>(
     handle: VmHandle,
     regs: &mut [u64; 4],
 ) -> GuestHvc {
-    let (call, state) = match regs[0] as u32 {
-        fid::MEM_SHARE => (GuestCall::Share, convlog::STATE_SHARED),
-        fid::MEM_UNSHARE => (GuestCall::Unshare, convlog::STATE_PRIVATE),
-        _ => (GuestCall::Relinquish, convlog::STATE_RELINQUISHED),
+    let call = match regs[0] as u32 {
+        fid::MEM_SHARE => GuestCall::Share,
+        fid::MEM_UNSHARE => GuestCall::Unshare,
+        _ => GuestCall::Relinquish,
     };
     let (ipa, granules) = (regs[1], regs[2].max(1));
     let fail = |regs: &mut [u64; 4]| {
@@ -134,7 +133,7 @@ fn convert<A: TableAllocator>(
     }
     match own.guest_call(plat, handle, call, ipa, granules) {
         Ok(()) => {
-            own.log_conversion(plat, handle, Ipa(ipa), granules, state);
+            // `guest_call` appended the conversion to the VM's log under its VM-table lock.
             *regs = [ret::SUCCESS as u64, granules, 0, 0];
             GuestHvc::Resume
         }

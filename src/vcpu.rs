@@ -16,7 +16,7 @@ use crate::convlog::ConvLog;
 use crate::error::{Error, Result};
 use crate::mem::Ownership;
 use crate::pgtable::{Lookup, TableAllocator};
-use crate::platform::{PhysMemory, Platform};
+use crate::platform::PhysMemory;
 use crate::vm::VmHandle;
 
 /// vCPUs per VM.
@@ -366,27 +366,6 @@ impl<A: TableAllocator> Ownership<'_, A> {
             let guest = vm.guest.lock();
             ipas.iter()
                 .find(|&ipa| matches!(guest.stage2.lookup(plat, ipa), Lookup::Empty { .. }))
-        })
-    }
-
-    /// Append a conversion to the VM's log, if it registered one. Never blocks, never fails: a
-    /// full log counts the entry as dropped.
-    pub fn log_conversion(
-        &self,
-        plat: &mut impl Platform,
-        handle: VmHandle,
-        ipa: Ipa,
-        pages: u64,
-        state: u32,
-    ) {
-        self.with_vms(|vms| {
-            if let Some(log) = vms
-                .get_mut(handle)
-                .ok()
-                .and_then(|vm| vm.run.convlog.as_mut())
-            {
-                log.append(plat, ipa.raw(), pages, state);
-            }
         })
     }
 }

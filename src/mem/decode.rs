@@ -4,6 +4,7 @@
 
 use super::Ownership;
 use crate::addr::{Ipa, PageRange, PhysAddr, PAGE_SIZE};
+use crate::convlog;
 use crate::error::{Error, Result};
 use crate::pgtable::{Perms, TableAllocator};
 use crate::platform::Platform;
@@ -150,6 +151,9 @@ impl<A: TableAllocator> Ownership<'_, A> {
     }
 
     /// Decode and perform a call from the guest `vm`: `(ipa, nr_pages)` (pKVM's range form).
+    /// A conversion that succeeded is appended to the VM's conversion log (if it registered
+    /// one) under the VM-table lock the transition already holds, so the log never disagrees
+    /// with the page states and the hot path takes that lock once.
     ///
     /// # Errors
     /// The decoding errors of this module, then those of the transition.
@@ -162,11 +166,25 @@ impl<A: TableAllocator> Ownership<'_, A> {
         pages: u64,
     ) -> Result<()> {
         let ipas = page_range(Ipa(ipa), pages)?;
-        match call {
-            GuestCall::Share => self.guest_share_host(plat, vm, ipas),
-            GuestCall::Unshare => self.guest_unshare_host(plat, vm, ipas),
-            GuestCall::Relinquish => self.guest_relinquish_to_host(plat, vm, ipas),
+        let mut vms = self.vms.lock();
+        let state = match call {
+            GuestCall::Share => {
+                self.guest_share_host_in(plat, &vms, vm, ipas)?;
+                convlog::STATE_SHARED
+            }
+            GuestCall::Unshare => {
+                self.guest_unshare_host_in(plat, &vms, vm, ipas)?;
+                convlog::STATE_PRIVATE
+            }
+            GuestCall::Relinquish => {
+                self.guest_relinquish_to_host_in(plat, &vms, vm, ipas)?;
+                convlog::STATE_RELINQUISHED
+            }
+        };
+        if let Some(log) = vms.get_mut(vm).ok().and_then(|v| v.run.convlog.as_mut()) {
+            log.append(plat, ipa, pages, state);
         }
+        Ok(())
     }
 }
 

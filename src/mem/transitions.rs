@@ -65,6 +65,19 @@ impl Run {
 
 /// The first run of `range` in the guest stage-2.
 fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run {
+    if range.pages() == 1 {
+        // One page (the usual conversion) is its own run: one lookup, no walk to merge chunks.
+        let lookup = s2.lookup(plat, range.start());
+        let pa = match lookup {
+            Lookup::Mapped { pa, .. } => Some(pa),
+            _ => None,
+        };
+        return Run {
+            range,
+            state: guest_state(&lookup),
+            pa,
+        };
+    }
     let mut acc: Option<(u64, PageState, Option<PhysAddr>, Option<Leaf>)> = None;
     s2.walk(plat, range, |_ipa, pages, lookup| {
         let state = guest_state(lookup);
@@ -530,7 +543,18 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         handle: VmHandle,
         ipas: PageRange<Ipa>,
     ) -> Result<()> {
-        let vms = self.vms.lock();
+        self.guest_share_host_in(plat, &self.vms.lock(), handle, ipas)
+    }
+
+    /// [`Self::guest_share_host`] with the VM table already locked (the caller appends to the VM's
+    /// conversion log under the same lock).
+    pub(super) fn guest_share_host_in(
+        &self,
+        plat: &mut impl Platform,
+        vms: &VmTable,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
         let vm = vms.get(handle)?;
         if vm.dying {
             return Err(Error::Busy);
@@ -580,7 +604,18 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         handle: VmHandle,
         ipas: PageRange<Ipa>,
     ) -> Result<()> {
-        let vms = self.vms.lock();
+        self.guest_unshare_host_in(plat, &self.vms.lock(), handle, ipas)
+    }
+
+    /// [`Self::guest_unshare_host`] with the VM table already locked (the caller appends to the VM's
+    /// conversion log under the same lock).
+    pub(super) fn guest_unshare_host_in(
+        &self,
+        plat: &mut impl Platform,
+        vms: &VmTable,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
         let vm = vms.get(handle)?;
         if vm.dying {
             return Err(Error::Busy);
@@ -635,7 +670,18 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         handle: VmHandle,
         ipas: PageRange<Ipa>,
     ) -> Result<()> {
-        let vms = self.vms.lock();
+        self.guest_relinquish_to_host_in(plat, &self.vms.lock(), handle, ipas)
+    }
+
+    /// [`Self::guest_relinquish_to_host`] with the VM table already locked (the caller appends to the VM's
+    /// conversion log under the same lock).
+    pub(super) fn guest_relinquish_to_host_in(
+        &self,
+        plat: &mut impl Platform,
+        vms: &VmTable,
+        handle: VmHandle,
+        ipas: PageRange<Ipa>,
+    ) -> Result<()> {
         let vm = vms.get(handle)?;
         if vm.dying {
             return Err(Error::Busy);
