@@ -422,6 +422,29 @@ impl Smmu {
         log::error!("SMMU: invalidation could not be completed; all DMA is now aborted");
     }
 
+    /// The SMMU refused the command at `cons`: counts and logs it, puts a CMD_SYNC in its place
+    /// and restarts the queue by acknowledging the error. Out of line and cold, so that the
+    /// hot polling loop of [`Self::submit`] carries none of its setup (the log's arguments).
+    #[cold]
+    #[inline(never)]
+    fn skip_refused(&mut self, p: &mut (impl Mmio + PhysMemory), cons: u32) -> SmmuError {
+        let slot = self.cmdq.slot(cons & QUEUE_INDEX_MASK, 16);
+        let [word0, _] = read_words::<2>(p, slot);
+        let error = cmdq_cons_err(cons);
+        self.stats.command_errors += 1;
+        log::warn!(
+            "SMMU refused command {:#x} (CMDQ_CONS.ERR {error}); skipped",
+            word0 & 0xff
+        );
+        write_words(p, slot, &Command::Sync.encode());
+        self.gerrorn ^= GERROR_CMDQ_ERR;
+        p.write32(self.base.add(GERRORN), self.gerrorn);
+        SmmuError::Command {
+            opcode: (word0 & 0xff) as u8,
+            error,
+        }
+    }
+
     /// Writes `cmds` and a CMD_SYNC to the (empty) command queue and waits until the SMMU has
     /// consumed all of them. A command the SMMU refuses is replaced in place by a CMD_SYNC, the
     /// error acknowledged and the queue restarted; the first refusal is returned once the batch
@@ -433,10 +456,12 @@ impl Smmu {
     ) -> Result<(), SmmuError> {
         debug_assert!(cmds.len() < MAX_BATCH && cmds.len() < 1 << CMDQ_LOG2);
         let mut prod = self.cmdq.index;
-        for cmd in cmds.iter().chain(core::iter::once(&Command::Sync)) {
+        for cmd in cmds {
             write_words(p, self.cmdq.slot(prod, 16), &cmd.encode());
             prod = self.cmdq.next(prod);
         }
+        write_words(p, self.cmdq.slot(prod, 16), &Command::Sync.encode());
+        prod = self.cmdq.next(prod);
         self.cmdq.index = prod;
         // Mmio writes order earlier memory writes before them (DSB ST).
         p.write32(self.base.add(CMDQ_PROD), prod);
@@ -446,22 +471,8 @@ impl Smmu {
             let cons = p.read32(self.base.add(CMDQ_CONS));
             let active = p.read32(self.base.add(GERROR)) ^ self.gerrorn;
             if active & GERROR_CMDQ_ERR != 0 {
-                let slot = self.cmdq.slot(cons & QUEUE_INDEX_MASK, 16);
-                let [word0, _] = read_words::<2>(p, slot);
-                let error = cmdq_cons_err(cons);
-                refused.get_or_insert(SmmuError::Command {
-                    opcode: (word0 & 0xff) as u8,
-                    error,
-                });
-                self.stats.command_errors += 1;
-                log::warn!(
-                    "SMMU refused command {:#x} (CMDQ_CONS.ERR {error}); skipped",
-                    word0 & 0xff
-                );
-                // Skip it: a CMD_SYNC in its place, then restart the queue by acknowledging.
-                write_words(p, slot, &Command::Sync.encode());
-                self.gerrorn ^= GERROR_CMDQ_ERR;
-                p.write32(self.base.add(GERRORN), self.gerrorn);
+                let error = self.skip_refused(p, cons);
+                refused.get_or_insert(error);
                 continue;
             }
             if cons & self.cmdq.wrap_mask() == prod {
