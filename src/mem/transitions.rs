@@ -561,7 +561,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         }
         self.check_guest_ipa(ipas)?;
         let mut host = self.host.lock();
-        let _hyp = self.hyp.lock();
+        // No hyp lock: the hyp's accounting is not touched, and the hyp state of a page (read
+        // in its metadata word) is written only with the host lock held (pKVM's
+        // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
@@ -622,7 +624,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         }
         self.check_guest_ipa(ipas)?;
         let mut host = self.host.lock();
-        let _hyp = self.hyp.lock();
+        // No hyp lock: the hyp's accounting is not touched, and the hyp state of a page (read
+        // in its metadata word) is written only with the host lock held (pKVM's
+        // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
