@@ -139,11 +139,12 @@ fn runs<'a, M: PhysMemory>(s2: &'a Stage2, plat: &'a M, range: PageRange<Ipa>) -
     }
 }
 
-/// The first runs of a range as the check phase found them, so that the commit phase does not
-/// walk the guest stage-2 for them again (the commit of one run does not change the next one's
-/// lookup). Runs beyond the first [`RunList::CAP`] are looked up again.
+/// The first runs of a range as the check phase found them, with their host pages, so that the
+/// commit phase neither walks the guest stage-2 for them again (the commit of one run does not
+/// change the next one's lookup) nor recomputes their host metadata index. Runs beyond the
+/// first [`RunList::CAP`] are looked up again.
 struct RunList {
-    runs: [Option<Run>; RunList::CAP],
+    runs: [Option<(Run, PageRange<PhysAddr>, usize)>; RunList::CAP],
     n: usize,
 }
 
@@ -157,18 +158,29 @@ impl RunList {
         }
     }
 
-    fn push(&mut self, run: Run) {
+    /// Record a checked run and its host pages (`run_pages`).
+    fn push(&mut self, run: Run, pa: PageRange<PhysAddr>, first: usize) {
         if let Some(slot) = self.runs.get_mut(self.n) {
-            *slot = Some(run);
+            *slot = Some((run, pa, first));
             self.n += 1;
         }
     }
 
-    /// Run number `k` of `cur` (the part of the range from run `k` on).
-    fn get(&self, k: usize, s2: &Stage2, plat: &impl PhysMemory, cur: PageRange<Ipa>) -> Run {
+    /// Run number `k` of `cur` (the part of the range from run `k` on) and its host pages.
+    fn get<A: TableAllocator>(
+        &self,
+        k: usize,
+        s2: &Stage2,
+        plat: &impl PhysMemory,
+        host: &super::HostMemory<'_, A>,
+        cur: PageRange<Ipa>,
+    ) -> (Run, Option<(PageRange<PhysAddr>, usize)>) {
         match self.runs.get(k) {
-            Some(Some(run)) => *run,
-            _ => first_run(s2, plat, cur),
+            Some(Some((run, pa, first))) => (*run, Some((*pa, *first))),
+            _ => {
+                let run = first_run(s2, plat, cur);
+                (run, run_pages(host, &run).ok())
+            }
         }
     }
 }
@@ -568,9 +580,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
-            seen.push(run);
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
+            seen.push(run, pa, first);
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
             host_tables += host.stage2.tables_needed_in_place(identity(pa));
             guest_tables += guest.stage2.tables_needed_in_place(run.range);
@@ -580,9 +592,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
-            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            let (run, pages) = seen.get(k, &guest.stage2, &*plat, &host, cur);
             k += 1;
-            if let Ok((pa, first)) = run_pages(&host, &run) {
+            if let Some((pa, first)) = pages {
                 let g = &mut *guest;
                 let sw = SharedOwned as u8;
                 committed(g.stage2.set_sw(plat, &mut g.memcache, run.range, sw));
@@ -631,9 +643,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
-            seen.push(run);
             guest_state_error(&run, &[SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
+            seen.push(run, pa, first);
             host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
             host_tables += host.stage2.tables_needed_in_place(identity(pa));
             guest_tables += guest.stage2.tables_needed_in_place(run.range);
@@ -643,9 +655,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
-            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            let (run, pages) = seen.get(k, &guest.stage2, &*plat, &host, cur);
             k += 1;
-            if let Ok((pa, first)) = run_pages(&host, &run) {
+            if let Some((pa, first)) = pages {
                 host.annotate(
                     plat,
                     pa,
@@ -697,9 +709,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
-            seen.push(run);
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
+            seen.push(run, pa, first);
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
             host_tables += host.stage2.tables_needed_in_place(identity(pa));
             guest_tables += guest.stage2.tables_needed_in_place(run.range);
@@ -709,9 +721,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
-            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            let (run, pages) = seen.get(k, &guest.stage2, &*plat, &host, cur);
             k += 1;
-            if let Ok((pa, first)) = run_pages(&host, &run) {
+            if let Some((pa, first)) = pages {
                 let g = &mut *guest;
                 committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
                 scrub(plat, pa);
@@ -749,9 +761,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
-            seen.push(run);
             guest_state_error(&run, &[Owned, SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
+            seen.push(run, pa, first);
             let host_state = if run.state == Owned {
                 NoPage
             } else {
@@ -769,9 +781,9 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
-            let run = seen.get(k, &guest.stage2, &*plat, cur);
+            let (run, pages) = seen.get(k, &guest.stage2, &*plat, &host, cur);
             k += 1;
-            if let Ok((pa, first)) = run_pages(&host, &run) {
+            if let Some((pa, first)) = pages {
                 let g = &mut *guest;
                 committed(g.stage2.unmap(plat, &mut g.memcache, run.range));
                 // Scrubbed whether private or shared: the guest's data never outlives the VM
