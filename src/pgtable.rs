@@ -872,29 +872,10 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         Some(pa)
     }
 
-    /// What the table at `pa` (entries at `level`) coalesces into, if it is uniform: O(1) for
-    /// a tracked table (its deviation count), a scan otherwise.
+    /// What the table at `pa` (entries at `level`) coalesces into, if it is uniform (see
+    /// [`merged_in`]).
     fn merged(&self, pa: PhysAddr, level: u8) -> Option<u64> {
-        if let Some(tr) = self.splits.get(pa) {
-            match usize::from(tr.deviations) {
-                0 => {
-                    debug_assert_eq!(
-                        uniform(&*self.plat, pa, level),
-                        Some(tr.origin),
-                        "deviation count of the table at {pa:?} is wrong"
-                    );
-                    return Some(tr.origin);
-                }
-                // One entry still equal to its origin's expansion pins any uniform value to the
-                // origin itself, which some other entry differs from.
-                n if n < ENTRIES => {
-                    debug_assert_eq!(uniform(&*self.plat, pa, level), None);
-                    return None;
-                }
-                _ => {}
-            }
-        }
-        uniform(&*self.plat, pa, level)
+        merged_in(self.splits, &*self.plat, pa, level)
     }
 
     /// Keep the table at `pa` (entries at `level`), which a live entry stops pointing at now
@@ -1055,6 +1036,31 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
     }
 }
 
+/// What the table at `pa` (entries at `level`) coalesces into, if it is uniform: O(1) for a
+/// table `splits` tracks (its deviation count), a scan otherwise.
+fn merged_in(splits: &SplitCache, mem: &impl PhysMemory, pa: PhysAddr, level: u8) -> Option<u64> {
+    if let Some(tr) = splits.get(pa) {
+        match usize::from(tr.deviations) {
+            0 => {
+                debug_assert_eq!(
+                    uniform(mem, pa, level),
+                    Some(tr.origin),
+                    "deviation count of the table at {pa:?} is wrong"
+                );
+                return Some(tr.origin);
+            }
+            // One entry still equal to its origin's expansion pins any uniform value to the
+            // origin itself, which some other entry differs from.
+            n if n < ENTRIES => {
+                debug_assert_eq!(uniform(mem, pa, level), None);
+                return None;
+            }
+            _ => {}
+        }
+    }
+    uniform(mem, pa, level)
+}
+
 /// How entry `i` of a table filled from `d0` (entry 0) differs from entry 0: valid entries
 /// advance their output address by one entry size, linear annotations their metadata by the
 /// pages of one entry, everything else is constant. Entry `i` is `d0 + i * step(d0, level)`
@@ -1205,12 +1211,14 @@ impl SplitCache {
     }
 
     /// The slot of the tracked table at `pa`.
+    #[inline]
     fn find(&self, pa: PhysAddr) -> Option<usize> {
         Self::ways(pa)
             .into_iter()
             .find(|&i| self.tracked[i].table == pa.raw())
     }
 
+    #[inline]
     fn get(&self, pa: PhysAddr) -> Option<&Tracked> {
         self.find(pa).map(|i| &self.tracked[i])
     }
@@ -1221,6 +1229,16 @@ impl SplitCache {
             let t = &mut self.tracked[i];
             debug_assert!(t.deviations >= before, "deviation count underflow");
             t.deviations = t.deviations - before + after;
+        }
+    }
+
+    /// Entry `i` of the table at `pa` (entries at `level`) changes from `old` to `new` (logical
+    /// values): keep its deviation count exact if it is tracked.
+    fn entry_changed(&mut self, pa: PhysAddr, i: usize, level: u8, old: u64, new: u64) {
+        if let Some(k) = self.find(pa) {
+            let t = &mut self.tracked[k];
+            let expect = t.exp0.wrapping_add(i as u64 * step(t.exp0, level));
+            t.deviations = t.deviations + u16::from(new != expect) - u16::from(old != expect);
         }
     }
 
@@ -1643,6 +1661,9 @@ impl Stage2 {
         if e > self.cfg.ipa_limit() {
             return Err(Error::Range);
         }
+        if let Some(res) = self.apply_whole_blocks(plat, alloc, s, e, target) {
+            return res;
+        }
         if let Some(res) = self.apply_in_leaf_span(plat, alloc, s, e, target) {
             return res;
         }
@@ -1662,6 +1683,117 @@ impl Stage2 {
         let mut pass = Pass::new(plat, alloc, &mut self.splits);
         pass.update(root, start_level, 0, s, e, target, true);
         pass.finish(vmid, root, start_level, &mut self.tables)
+    }
+
+    /// The fast path of [`Self::apply`] for a state or permission change (`set_sw`,
+    /// `set_perms`) of whole level-2 entries that are all blocks or invalid, inside one level-1
+    /// entry's span (a 2 MiB-aligned conversion of a block-mapped range). Such a change is one
+    /// in-place descriptor write per 2 MiB (walkers ignore the software bits; a permission
+    /// change is invalidated once, as the hull, at level 2) and can never need a table page, so
+    /// it walks down once to the level-2 table and runs one loop over the entries, counting the
+    /// deviation change of a tracked table per rewritten entry, with none of the generic
+    /// walk's per-level bookkeeping or capacity check. Eager coalescing is kept: if the table
+    /// becomes uniform it is coalesced into its level-1 entry exactly as the generic walk
+    /// does. `None` (nothing written) for any other shape, or if an entry of the range is a
+    /// table.
+    fn apply_whole_blocks<P: Platform, A: TableAllocator>(
+        &mut self,
+        plat: &mut P,
+        alloc: &mut A,
+        s: u64,
+        e: u64,
+        target: &Target,
+    ) -> Option<Result<()>> {
+        const SPAN: u64 = entry_size(2);
+        let Target::Modify { mask, bits } = *target else {
+            return None;
+        };
+        if (s | e) & (SPAN - 1) != 0 || (e - 1) >> shift(1) != s >> shift(1) {
+            return None;
+        }
+        let mut table = self.root;
+        let mut parent = None;
+        for level in self.cfg.start_level..2 {
+            let i = index(s, level);
+            let d = TablePtr::new(&*plat, table).read(i);
+            if !is_table(d, level) {
+                return None;
+            }
+            parent = Some((table, i));
+            table = PhysAddr(d & ADDR_MASK);
+        }
+        // Start level 2 does not exist (`Stage2Config`), so there is always a level-1 parent.
+        let (parent_pa, j) = parent?;
+        let t = TablePtr::new(&*plat, table);
+        let (first, last) = (index(s, 2), index(e - 1, 2));
+        // A table below the range needs the generic walk (checked before anything is written).
+        if (first..=last).any(|i| is_table(t.read(i), 2)) {
+            return None;
+        }
+        let slot = self.splits.find(table);
+        let (exp0, stride) = slot.map_or((0, 0), |k| {
+            let x = self.splits.tracked[k].exp0;
+            (x, step(x, 2))
+        });
+        let mut expect = exp0.wrapping_add(first as u64 * stride);
+        let mut delta = 0i16;
+        let mut revoked: Option<(usize, usize)> = None;
+        for i in first..=last {
+            let old = t.read(i);
+            let new = (old & !mask) | bits;
+            if is_valid(old) && new != old {
+                // Meaningless (and unused) for an untracked table.
+                delta += i16::from(new != expect) - i16::from(old != expect);
+                // Same output, type and size: no break-before-make (DDI 0487 "Translation
+                // table updates"); a permission change is invalidated below.
+                t.write(i, new);
+                if (old ^ new) & PERM_MASK != 0 {
+                    revoked = Some(revoked.map_or((i, i), |(a, _)| (a, i)));
+                }
+            }
+            expect = expect.wrapping_add(stride);
+        }
+        if let Some(k) = slot {
+            let tr = &mut self.splits.tracked[k];
+            tr.deviations = tr.deviations.wrapping_add_signed(delta);
+            debug_assert_eq!(
+                tr.deviations,
+                deviations(t, 0, ENTRIES - 1, tr.exp0, stride),
+                "deviation count of the table at {table:?} is wrong"
+            );
+        }
+        // As `merged_in`, reusing the slot found above.
+        let merged = match slot.map(|k| &self.splits.tracked[k]) {
+            Some(tr) if tr.deviations == 0 => Some(tr.origin),
+            Some(tr) if usize::from(tr.deviations) < ENTRIES => None,
+            _ => uniform(&*plat, table, 2),
+        };
+        debug_assert_eq!(merged, merged_in(&self.splits, &*plat, table, 2));
+        if revoked.is_none() && merged.is_none() {
+            // Software bits only, nothing coalesces: nothing to invalidate, publish or free.
+            return Some(Ok(()));
+        }
+        let (root, start_level, vmid) = (self.root, self.cfg.start_level, self.vmid);
+        let mut pass = Pass::new(plat, alloc, &mut self.splits);
+        if let Some((a, b)) = revoked {
+            let base = s & !(entry_size(1) - 1);
+            pass.invalidate(base + a as u64 * SPAN, (b - a + 1) as u64 * SPAN, Some(2));
+        }
+        if let Some(merged) = merged {
+            // As `update` over the level-1 table: its deviation count before and after.
+            let pt = TablePtr::new(&*pass.plat, parent_pa);
+            let before = pass
+                .splits
+                .get(parent_pa)
+                .map(|tr| (tr.exp0, step(tr.exp0, 1)))
+                .map(|(x, st)| (x, st, deviations(pt, j, j, x, st)));
+            pass.replace(pt, j, 1, s & !(entry_size(1) - 1), merged, true);
+            if let Some((x, st, before)) = before {
+                let after = deviations(pt, j, j, x, st);
+                pass.splits.adjust(parent_pa, before, after);
+            }
+        }
+        Some(pass.finish(vmid, root, start_level, &mut self.tables))
     }
 
     /// The fast path of [`Self::apply`]: a change of part of what one level-2 entry covers
@@ -1716,6 +1848,8 @@ impl Stage2 {
             if let Some(merged) = pass.merged(child, 3) {
                 let pending_before = pass.pending;
                 pass.replace(parent, i, 2, ea, merged, true);
+                // The level-2 table's own deviation count (it may be tracked too).
+                pass.splits.entry_changed(table, i, 2, d, merged);
                 if pending_before.is_none() && pass.pending.is_some() {
                     // The only pending entry is the coalesced one: written directly later.
                     pass.pending = None;
@@ -1727,6 +1861,7 @@ impl Stage2 {
             // Part of the entry keeps the origin's expansion: the new table is not uniform.
             debug_assert!(pass.merged(child, 3).is_none());
             let desc = child.raw() | TABLE_OR_PAGE;
+            pass.splits.entry_changed(table, i, 2, d, desc);
             if is_valid(d) {
                 parent.write(i, pending(desc));
                 pass.invalidate(ea, SPAN, Some(2));
@@ -2139,6 +2274,62 @@ mod tests {
         assert_eq!(s2.spare_tables(), 1);
         s2.release_spares(&mut alloc);
         assert_eq!(alloc.outstanding(), s2.table_pages());
+        s2.destroy(&mut plat, &mut alloc);
+        assert_eq!(alloc.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_whole_block_state_change_coalesces_the_level_2_table_back_into_its_1gib_block() {
+        let mut plat = FakePlatform::new(PhysAddr(0x4000_0000), 4 << 20);
+        let mut alloc = FakeTableAllocator::new(PhysAddr(0x4000_0000), 256);
+        let cfg = Stage2Config::for_ipa_bits(40).unwrap();
+        let mut s2 = Stage2::new(cfg, Vmid(1), &mut plat, &mut alloc).unwrap();
+        let leaf = Leaf {
+            perms: Perms::RWX,
+            mem: MemType::Normal,
+            sw: 0,
+        };
+        let gib = PageRange::new(Ipa(0x4000_0000), 1 << 18).unwrap();
+        s2.map(&mut plat, &mut alloc, gib, PhysAddr(0x1_0000_0000), leaf)
+            .unwrap();
+        let one_block = s2.table_pages();
+        assert!(matches!(
+            s2.lookup(&plat, Ipa(0x4000_0000)),
+            Lookup::Mapped { level: 1, .. }
+        ));
+        // Two whole 2 MiB entries change state: the 1 GiB block is split (generic path).
+        let two = PageRange::new(Ipa(0x4000_0000 + (4 << 20)), 1024).unwrap();
+        s2.set_sw(&mut plat, &mut alloc, two, 2).unwrap();
+        assert_eq!(s2.table_pages(), one_block + 1);
+        // One of them back (the whole-block fast path): still not uniform.
+        let first = PageRange::new(two.start(), 512).unwrap();
+        s2.set_sw(&mut plat, &mut alloc, first, 0).unwrap();
+        assert_eq!(s2.table_pages(), one_block + 1);
+        match s2.lookup(&plat, Ipa(0x4000_0000 + (6 << 20))) {
+            Lookup::Mapped { leaf, level: 2, pa } => {
+                assert_eq!((leaf.sw, pa), (2, PhysAddr(0x1_0060_0000)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s2.lookup(&plat, first.start()),
+            Lookup::Mapped {
+                leaf: Leaf { sw: 0, .. },
+                level: 2,
+                ..
+            }
+        ));
+        // The other one back: the table is uniform again and coalesces into the 1 GiB block.
+        let second = PageRange::new(Ipa(0x4000_0000 + (6 << 20)), 512).unwrap();
+        s2.set_sw(&mut plat, &mut alloc, second, 0).unwrap();
+        assert_eq!(s2.table_pages(), one_block);
+        match s2.lookup(&plat, Ipa(0x4000_0000 + (6 << 20))) {
+            Lookup::Mapped { leaf, level: 1, pa } => {
+                assert_eq!((leaf.sw, pa), (0, PhysAddr(0x1_0060_0000)))
+            }
+            other => panic!("{other:?}"),
+        }
+        s2.release_spares(&mut alloc);
         s2.destroy(&mut plat, &mut alloc);
         assert_eq!(alloc.outstanding(), 0);
     }
