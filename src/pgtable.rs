@@ -1061,6 +1061,38 @@ fn merged_in(splits: &SplitCache, mem: &impl PhysMemory, pa: PhysAddr, level: u8
     uniform(mem, pa, level)
 }
 
+/// Apply `target` to entries `first..=last` of the page table `t` (covering from `base`), which
+/// no walker can reach yet: plain writes, no break-before-make, nothing to invalidate. Returns
+/// the change of the table's deviation count against the expansion whose entry 0 is `exp0`.
+fn update_unreachable_pages(
+    t: TablePtr,
+    base: u64,
+    first: usize,
+    last: usize,
+    target: &Target,
+    exp0: u64,
+) -> i16 {
+    let stride = step(exp0, 3);
+    let mut expect = exp0.wrapping_add(first as u64 * stride);
+    let mut delta = 0i16;
+    for i in first..=last {
+        let old = t.read(i);
+        let new = match *target {
+            Target::Modify { mask, bits } if is_valid(old) => (old & !mask) | bits,
+            Target::Modify { .. } => old,
+            _ => target
+                .entry(old, base + i as u64 * PAGE_SIZE, 3)
+                .unwrap_or(old),
+        };
+        if new != old {
+            delta += i16::from(new != expect) - i16::from(old != expect);
+            t.write(i, new);
+        }
+        expect = expect.wrapping_add(stride);
+    }
+    delta
+}
+
 /// How entry `i` of a table filled from `d0` (entry 0) differs from entry 0: valid entries
 /// advance their output address by one entry size, linear annotations their metadata by the
 /// pages of one entry, everything else is constant. Entry `i` is `d0 + i * step(d0, level)`
@@ -1224,6 +1256,7 @@ impl SplitCache {
     }
 
     /// Replace `before` deviations of the table at `pa` by `after` (if it is still tracked).
+    #[inline]
     fn adjust(&mut self, pa: PhysAddr, before: u16, after: u16) {
         if let Some(i) = self.find(pa) {
             let t = &mut self.tracked[i];
@@ -1234,6 +1267,7 @@ impl SplitCache {
 
     /// Entry `i` of the table at `pa` (entries at `level`) changes from `old` to `new` (logical
     /// values): keep its deviation count exact if it is tracked.
+    #[inline]
     fn entry_changed(&mut self, pa: PhysAddr, i: usize, level: u8, old: u64, new: u64) {
         if let Some(k) = self.find(pa) {
             let t = &mut self.tracked[k];
@@ -1244,7 +1278,8 @@ impl SplitCache {
 
     /// Start tracking the table at `pa` (entries at `level`), just filled from `origin`,
     /// displacing the record in the second way if both are taken.
-    fn track(&mut self, pa: PhysAddr, level: u8, origin: u64) {
+    #[inline]
+    fn track(&mut self, pa: PhysAddr, level: u8, origin: u64) -> usize {
         let [a, b] = Self::ways(pa);
         let slot = if self.tracked[a].table == NO_TABLE {
             a
@@ -1259,14 +1294,17 @@ impl SplitCache {
             deviations: 0,
             level,
         };
+        slot
     }
 
+    #[inline]
     fn untrack(&mut self, pa: PhysAddr) {
         if let Some(i) = self.find(pa) {
             self.tracked[i].table = NO_TABLE;
         }
     }
 
+    #[inline]
     fn ready_spares(&self) -> usize {
         self.spares
             .iter()
@@ -1275,6 +1313,7 @@ impl SplitCache {
     }
 
     /// Take a ready spare: the one holding the expansion of `(origin, level)`, or any if `None`.
+    #[inline]
     fn take_spare(&mut self, want: Option<(u64, u8)>) -> Option<PhysAddr> {
         let s = self.spares.iter_mut().find(|s| {
             s.table != NO_TABLE
@@ -1288,6 +1327,7 @@ impl SplitCache {
 
     /// A slot for a new spare: a free one, or the slot of a ready spare that the caller must
     /// free (returned); `None` if every slot holds a spare of the current operation.
+    #[inline]
     fn spare_slot(&mut self) -> Option<(usize, Option<PhysAddr>)> {
         if let Some(i) = self.spares.iter().position(|s| s.table == NO_TABLE) {
             return Some((i, None));
@@ -1839,41 +1879,86 @@ impl Stage2 {
             if alloc.available() + self.splits.ready_spares() == 0 {
                 return Some(Err(Error::NoMem));
             }
+            return Some(self.split_leaf_span(plat, alloc, table, i, d, ea, s, e, target));
         }
         let (root, start_level, vmid) = (self.root, self.cfg.start_level, self.vmid);
         let mut pass = Pass::new(plat, alloc, &mut self.splits);
-        if is_table(d, 2) {
-            let child = PhysAddr(d & ADDR_MASK);
-            pass.update(child, 3, ea, s, e, target, true);
-            if let Some(merged) = pass.merged(child, 3) {
-                let pending_before = pass.pending;
-                pass.replace(parent, i, 2, ea, merged, true);
-                // The level-2 table's own deviation count (it may be tracked too).
-                pass.splits.entry_changed(table, i, 2, d, merged);
-                if pending_before.is_none() && pass.pending.is_some() {
-                    // The only pending entry is the coalesced one: written directly later.
-                    pass.pending = None;
-                    pass.pending_entry = Some((parent, i));
-                }
-            }
-        } else if let Some(child) = pass.split_table(d, 3) {
-            pass.update(child, 3, ea, s, e, target, false);
-            // Part of the entry keeps the origin's expansion: the new table is not uniform.
-            debug_assert!(pass.merged(child, 3).is_none());
-            let desc = child.raw() | TABLE_OR_PAGE;
-            pass.splits.entry_changed(table, i, 2, d, desc);
-            if is_valid(d) {
-                parent.write(i, pending(desc));
-                pass.invalidate(ea, SPAN, Some(2));
+        let child = PhysAddr(d & ADDR_MASK);
+        pass.update(child, 3, ea, s, e, target, true);
+        if let Some(merged) = pass.merged(child, 3) {
+            let pending_before = pass.pending;
+            pass.replace(parent, i, 2, ea, merged, true);
+            // The level-2 table's own deviation count (it may be tracked too).
+            pass.splits.entry_changed(table, i, 2, d, merged);
+            if pending_before.is_none() && pass.pending.is_some() {
+                // The only pending entry is the coalesced one: written directly later.
+                pass.pending = None;
                 pass.pending_entry = Some((parent, i));
-            } else {
-                parent.write(i, desc);
-                pass.publish = true;
             }
-        } else {
-            pass.alloc_failed = true;
         }
         Some(pass.finish(vmid, root, start_level, &mut self.tables))
+    }
+
+    /// The split case of [`Self::apply_in_leaf_span`]: the level-2 entry `d` (entry `i` of the
+    /// table `table_pa`, covering from `ea`) is a block or invalid and the target changes part
+    /// of it. The level-3 table is a ready spare holding `d`'s expansion (no writes) or a new
+    /// page filled with it; the pages of `[s, e)` change while no walker can reach the table,
+    /// and it is linked with break-before-make if `d` was valid. None of the generic `Pass`
+    /// bookkeeping is needed: nothing is pending but the one entry, nothing is freed or parked,
+    /// and the invalidation (of `d`'s translation) is known in advance.
+    #[allow(clippy::too_many_arguments)]
+    fn split_leaf_span(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        table_pa: PhysAddr,
+        i: usize,
+        d: u64,
+        ea: u64,
+        s: u64,
+        e: u64,
+        target: &Target,
+    ) -> Result<()> {
+        let child = match self.splits.take_spare(Some((d, 3))) {
+            Some(pa) => pa,
+            None => {
+                // The caller checked that a page or a ready spare is available; `None` here
+                // means the allocator over-reported, and nothing has been changed.
+                let pa = match alloc.alloc_table() {
+                    Some(pa) => pa,
+                    None => self.splits.take_spare(None).ok_or(Error::NoMem)?,
+                };
+                fill_split(TablePtr::new(&*plat, pa), d, 3);
+                pa
+            }
+        };
+        self.tables += 1;
+        let slot = self.splits.track(child, 3, d);
+        let t = TablePtr::new(&*plat, child);
+        let first = ((s - ea) / PAGE_SIZE) as usize;
+        let last = ((e - 1 - ea) / PAGE_SIZE) as usize;
+        let tr = &mut self.splits.tracked[slot];
+        let delta = update_unreachable_pages(t, ea, first, last, target, tr.exp0);
+        tr.deviations = tr.deviations.wrapping_add_signed(delta);
+        debug_assert_eq!(
+            tr.deviations,
+            deviations(t, 0, ENTRIES - 1, tr.exp0, step(tr.exp0, 3)),
+            "deviation count of the table at {child:?} is wrong"
+        );
+        // Part of the entry keeps the origin's expansion: the new table is not uniform.
+        debug_assert!(tr.deviations > 0 && usize::from(tr.deviations) < ENTRIES);
+        let desc = child.raw() | TABLE_OR_PAGE;
+        self.splits.entry_changed(table_pa, i, 2, d, desc);
+        let parent = TablePtr::new(&*plat, table_pa);
+        if is_valid(d) {
+            // Break-before-make: the block's translation is invalidated before the table that
+            // replaces it becomes visible (DDI 0487 "Translation table updates").
+            parent.write(i, pending(desc));
+            plat.invalidate_ipa_range(self.vmid, Ipa(ea), entry_pages(2), Some(2));
+        }
+        parent.write(i, desc);
+        plat.publish_table_writes();
+        Ok(())
     }
 
     /// What the tables say about the page at `ipa` (an IPA beyond the limit is `Empty` at the
