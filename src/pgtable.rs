@@ -1881,6 +1881,10 @@ impl Stage2 {
             }
             return Some(self.split_leaf_span(plat, alloc, table, i, d, ea, s, e, target));
         }
+        if !matches!(target, Target::Map { .. }) {
+            self.update_in_table(plat, alloc, table, i, d, ea, s, e, target);
+            return Some(Ok(()));
+        }
         let (root, start_level, vmid) = (self.root, self.cfg.start_level, self.vmid);
         let mut pass = Pass::new(plat, alloc, &mut self.splits);
         let child = PhysAddr(d & ADDR_MASK);
@@ -1897,6 +1901,137 @@ impl Stage2 {
             }
         }
         Some(pass.finish(vmid, root, start_level, &mut self.tables))
+    }
+
+    /// [`Self::apply_in_leaf_span`] on a level-3 table (the level-2 entry `d`, entry `i` of the
+    /// table `table_pa`, covering from `ea`) for every target but `Map`: none of them needs
+    /// break-before-make on a page (a valid page becomes invalid, or changes only permissions
+    /// or software bits in place; an invalid page stays invalid), so the pages of `[s, e)` are
+    /// rewritten by one loop that counts the deviations of a tracked table per entry and
+    /// notes the hull of revoked translations. If the table becomes uniform it is coalesced
+    /// into its level-2 entry with break-before-make and one invalidation of the 2 MiB (which
+    /// covers the hull), and kept as a spare (or freed after the invalidation); otherwise the
+    /// hull, if any, is invalidated. None of the generic `Pass` bookkeeping: the one pending
+    /// entry and the one invalidation are known in advance. Cannot fail.
+    #[allow(clippy::too_many_arguments)]
+    fn update_in_table(
+        &mut self,
+        plat: &mut impl Platform,
+        alloc: &mut impl TableAllocator,
+        table_pa: PhysAddr,
+        i: usize,
+        d: u64,
+        ea: u64,
+        s: u64,
+        e: u64,
+        target: &Target,
+    ) {
+        let child = PhysAddr(d & ADDR_MASK);
+        let t = TablePtr::new(&*plat, child);
+        let first = ((s - ea) / PAGE_SIZE) as usize;
+        let last = ((e - 1 - ea) / PAGE_SIZE) as usize;
+        let slot = self.splits.find(child);
+        let (exp0, stride) = slot.map_or((0, 0), |k| {
+            let x = self.splits.tracked[k].exp0;
+            (x, step(x, 3))
+        });
+        let mut expect = exp0.wrapping_add(first as u64 * stride);
+        let mut delta = 0i16;
+        let mut revoked: Option<(usize, usize)> = None;
+        for k in first..=last {
+            let old = t.read(k);
+            let new = match *target {
+                Target::Modify { mask, bits } if is_valid(old) => (old & !mask) | bits,
+                Target::Modify { .. } => old,
+                _ => target
+                    .entry(old, ea + k as u64 * PAGE_SIZE, 3)
+                    .unwrap_or(old),
+            };
+            if new != old {
+                // Meaningless (and unused) for an untracked table.
+                delta += i16::from(new != expect) - i16::from(old != expect);
+                t.write(k, new);
+                debug_assert!(
+                    !is_valid(new) || (is_valid(old) && (old ^ new) & !(PERM_MASK | SW_MASK) == 0),
+                    "a page change that would need break-before-make"
+                );
+                if is_valid(old) && (!is_valid(new) || (old ^ new) & PERM_MASK != 0) {
+                    revoked = Some(revoked.map_or((k, k), |(a, _)| (a, k)));
+                }
+            }
+            expect = expect.wrapping_add(stride);
+        }
+        let merged = match slot {
+            Some(k) => {
+                let tr = &mut self.splits.tracked[k];
+                tr.deviations = tr.deviations.wrapping_add_signed(delta);
+                debug_assert_eq!(
+                    tr.deviations,
+                    deviations(t, 0, ENTRIES - 1, tr.exp0, stride),
+                    "deviation count of the table at {child:?} is wrong"
+                );
+                match usize::from(tr.deviations) {
+                    0 => Some(tr.origin),
+                    n if n < ENTRIES => None,
+                    _ => uniform(&*plat, child, 3),
+                }
+            }
+            None => uniform(&*plat, child, 3),
+        };
+        debug_assert_eq!(merged, merged_in(&self.splits, &*plat, child, 3));
+        let Some(merged) = merged else {
+            if let Some((a, b)) = revoked {
+                let pages = (b - a + 1) as u64;
+                plat.invalidate_ipa_range(
+                    self.vmid,
+                    Ipa(ea + a as u64 * PAGE_SIZE),
+                    pages,
+                    Some(3),
+                );
+            }
+            return;
+        };
+        // Coalesce. The table still holds exactly the expansion of `merged` if it is tracked
+        // with no deviation: keep it as a spare (usable after the invalidation below).
+        let parked = match (slot, self.splits.spare_slot()) {
+            (Some(k), Some((free, evicted))) if self.splits.tracked[k].deviations == 0 => {
+                if let Some(old) = evicted {
+                    // Ready spares are unreachable and were invalidated by an earlier operation.
+                    alloc.free_table(old);
+                }
+                self.splits.spares[free] = Spare {
+                    table: child.raw(),
+                    origin: merged,
+                    level: 3,
+                    ready: false,
+                };
+                Some(free)
+            }
+            _ => None,
+        };
+        self.splits.untrack(child);
+        self.tables -= 1;
+        self.splits.entry_changed(table_pa, i, 2, d, merged);
+        let parent = TablePtr::new(&*plat, table_pa);
+        // Break-before-make (table -> block): the walk caches that hold the table are
+        // invalidated before the block becomes visible.
+        parent.write(
+            i,
+            if is_valid(merged) {
+                pending(merged)
+            } else {
+                merged
+            },
+        );
+        plat.invalidate_ipa_range(self.vmid, Ipa(ea), entry_pages(2), None);
+        if is_valid(merged) {
+            parent.write(i, merged);
+            plat.publish_table_writes();
+        }
+        match parked {
+            Some(k) => self.splits.spares[k].ready = true,
+            None => alloc.free_table(child),
+        }
     }
 
     /// The split case of [`Self::apply_in_leaf_span`]: the level-2 entry `d` (entry `i` of the
