@@ -1876,7 +1876,8 @@ impl Stage2 {
             if target.keeps_page(page_of(d, (s - ea) / PAGE_SIZE), s) {
                 return Some(Ok(()));
             }
-            if alloc.available() + self.splits.ready_spares() == 0 {
+            // The split needs one page: a free one, else a ready spare (counted only then).
+            if alloc.available() == 0 && self.splits.ready_spares() == 0 {
                 return Some(Err(Error::NoMem));
             }
             return Some(self.split_leaf_span(plat, alloc, table, i, d, ea, s, e, target));
