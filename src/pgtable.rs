@@ -677,7 +677,13 @@ impl<'a, P: Platform, A: TableAllocator> Pass<'a, P, A> {
         }
         if is_table(old, level) {
             let child = PhysAddr(old & ADDR_MASK);
-            if !self.park(child, level + 1, new) {
+            // A table with entries still pending (break-before-make of this call) is not
+            // kept as a spare: the second pass (`make`) writes only reachable tables, so the
+            // spare would keep invalid raw entries and a relink would fault on them.
+            let has_pending = self
+                .pending
+                .is_some_and(|(ps, pe)| ps < ea + size && ea < pe);
+            if has_pending || !self.park(child, level + 1, new) {
                 self.detach(child, level + 1);
             }
             self.invalidate(ea, size, None);
@@ -2553,6 +2559,56 @@ mod tests {
         s2.release_spares(&mut alloc);
         s2.destroy(&mut plat, &mut alloc);
         assert_eq!(alloc.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_table_coalesced_by_a_remap_is_not_kept_with_a_pending_entry() {
+        let mut plat = FakePlatform::new(PhysAddr(0x4000_0000), 4 << 20);
+        let mut alloc = FakeTableAllocator::new(PhysAddr(0x4000_0000), 256);
+        let cfg = Stage2Config::for_ipa_bits(40).unwrap();
+        let mut s2 = Stage2::new(cfg, Vmid(1), &mut plat, &mut alloc).unwrap();
+        let leaf = Leaf {
+            perms: Perms::RWX,
+            mem: MemType::Normal,
+            sw: 0,
+        };
+        let block = PageRange::new(Ipa(0x8000_0000), 512).unwrap();
+        s2.map(&mut plat, &mut alloc, block, PhysAddr(0x1_0000_0000), leaf)
+            .unwrap();
+        let page = PageRange::new(Ipa(0x8000_0000 + 7 * PAGE_SIZE), 1).unwrap();
+        // Remap one page elsewhere (split), then back (valid -> valid: break-before-make, and
+        // the table is uniform again: coalesced).
+        s2.map(&mut plat, &mut alloc, page, PhysAddr(0x2_0000_0000), leaf)
+            .unwrap();
+        s2.map(&mut plat, &mut alloc, page, PhysAddr(0x1_0000_7000), leaf)
+            .unwrap();
+        assert!(matches!(
+            s2.lookup(&plat, page.start()),
+            Lookup::Mapped { level: 2, .. }
+        ));
+        // Split the block again (a spare may be relinked): every page must be valid for the
+        // hardware, not only for the engine's logical view.
+        let other = PageRange::new(Ipa(0x8000_0000 + 9 * PAGE_SIZE), 1).unwrap();
+        s2.set_sw(&mut plat, &mut alloc, other, 1).unwrap();
+        let l2 = entry_raw(&plat, &s2, 0x8000_0000, 2);
+        assert_eq!(l2 & 3, 3, "level-2 entry is a table");
+        let pte = plat.read_u64(PhysAddr((l2 & ADDR_MASK) + 7 * 8));
+        assert_eq!(pte & 3, 3, "page 7 invalid for walkers: {pte:#x}");
+        assert_eq!(pte & ADDR_MASK, 0x1_0000_7000);
+    }
+
+    /// The raw descriptor at `level` on the walk to `ipa` (through tables).
+    fn entry_raw(plat: &FakePlatform, s2: &Stage2, ipa: u64, level: u8) -> u64 {
+        let mut table = s2.root().raw();
+        let mut l = s2.config().start_level;
+        loop {
+            let d = plat.read_u64(PhysAddr(table + index(ipa, l) as u64 * 8));
+            if l == level {
+                return d;
+            }
+            table = d & ADDR_MASK;
+            l += 1;
+        }
     }
 
     #[test]
