@@ -233,6 +233,37 @@ fn check_conversion_capacity<A: TableAllocator>(
     check_capacity(guest.table_capacity(), guest_tables)
 }
 
+/// The one guest page of the one-page range `ipa`, checked to be in state `wanted` and mapped
+/// to a RAM page: its run, host page and host metadata index. Same errors, in the same order,
+/// as the multi-run check phase gives for a one-page range.
+fn one_page_run<A: TableAllocator>(
+    host: &super::HostMemory<'_, A>,
+    guest: &Guest,
+    plat: &impl PhysMemory,
+    ipa: PageRange<Ipa>,
+    wanted: PageState,
+) -> Result<(Run, PageRange<PhysAddr>, usize)> {
+    let run = first_run(&guest.stage2, plat, ipa);
+    guest_state_error(&run, &[wanted])?;
+    let (pa, first) = run_pages(host, &run)?;
+    Ok((run, pa, first))
+}
+
+/// The capacity check of a one-page guest conversion of `ipa` backed by host page `pa`: the
+/// O(1) bounds, and the exact count only if a bound exceeds what is available (as the
+/// multi-run path does through [`check_conversion_capacity`]).
+fn check_one_page_capacity<A: TableAllocator>(
+    host: &super::HostMemory<'_, A>,
+    guest: &Guest,
+    plat: &impl PhysMemory,
+    ipa: PageRange<Ipa>,
+    pa: PageRange<PhysAddr>,
+) -> Result<()> {
+    let host_bound = host.stage2.tables_needed_in_place(identity(pa));
+    let guest_bound = guest.stage2.tables_needed_in_place(ipa);
+    check_conversion_capacity(host, guest, plat, ipa, host_bound, guest_bound)
+}
+
 impl<'m, A: TableAllocator> Ownership<'m, A> {
     /// [`Error::Range`] unless `r` lies below the guest IPA limit.
     fn check_guest_ipa(&self, r: PageRange<Ipa>) -> Result<()> {
@@ -577,6 +608,19 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let mut guest = vm.guest.lock();
+        if ipas.pages() == 1 {
+            // One page (the usual conversion): check and commit it directly, without the run
+            // list the multi-run path keeps between its two phases.
+            let (run, pa, first) = one_page_run(&host, &guest, &*plat, ipas, Owned)?;
+            host.check(first, 1, |m| expect(m, NoPage, NoPage))?;
+            check_one_page_capacity(&host, &guest, &*plat, ipas, pa)?;
+            let g = &mut *guest;
+            let sw = SharedOwned as u8;
+            committed(g.stage2.set_sw(plat, &mut g.memcache, run.range, sw));
+            host.map(plat, pa);
+            host.update(first, 1, |m| m.set_host_state(SharedBorrowed));
+            return Ok(());
+        }
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
@@ -640,6 +684,20 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let mut guest = vm.guest.lock();
+        if ipas.pages() == 1 {
+            // One page: as in `guest_share_host_in`, checked and committed directly.
+            let (run, pa, first) = one_page_run(&host, &guest, &*plat, ipas, SharedOwned)?;
+            host.check(first, 1, |m| expect(m, SharedBorrowed, NoPage))?;
+            check_one_page_capacity(&host, &guest, &*plat, ipas, pa)?;
+            host.annotate(plat, pa, guest_annotation(handle, pa.start(), ipas.start()));
+            host.update(first, 1, |m| m.set_host_state(NoPage));
+            let g = &mut *guest;
+            committed(
+                g.stage2
+                    .set_sw(plat, &mut g.memcache, run.range, Owned as u8),
+            );
+            return Ok(());
+        }
         let (mut host_tables, mut guest_tables) = (0, 0);
         let mut seen = RunList::new();
         for run in runs(&guest.stage2, &*plat, ipas) {
