@@ -147,6 +147,14 @@ impl Guest {
     pub fn table_capacity(&self) -> usize {
         self.memcache.available() + self.stage2.spare_tables()
     }
+
+    /// Whether the guest's stage-2 can get `needed` table pages without the host: the memcache
+    /// alone usually answers, so the spare tables (a scan of the spare slots) are counted only
+    /// when it cannot.
+    #[inline]
+    pub fn covers_tables(&self, needed: usize) -> bool {
+        self.memcache.available() >= needed || self.table_capacity() >= needed
+    }
 }
 
 /// One VM.

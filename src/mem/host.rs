@@ -288,6 +288,13 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
         self.alloc.available() + self.stage2.spare_tables()
     }
 
+    /// Whether the host can get `needed` table pages: the allocator alone usually answers, so
+    /// the stage-2's spare tables (a scan of its spare slots) are counted only when it cannot.
+    #[inline]
+    pub(crate) fn covers_tables(&self, needed: usize) -> bool {
+        self.alloc.available() >= needed || self.table_capacity() >= needed
+    }
+
     /// [`Error::NoMem`] unless the host allocator (with the spare tables) holds `needed` table
     /// pages.
     pub(crate) fn check_tables(&self, needed: usize) -> Result<()> {

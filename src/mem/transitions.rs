@@ -219,7 +219,7 @@ fn check_conversion_capacity<A: TableAllocator>(
     host_bound: usize,
     guest_bound: usize,
 ) -> Result<()> {
-    if host_bound <= host.table_capacity() && guest_bound <= guest.table_capacity() {
+    if host.covers_tables(host_bound) && guest.covers_tables(guest_bound) {
         return Ok(());
     }
     let (mut host_tables, mut guest_tables) = (0, 0);
