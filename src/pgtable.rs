@@ -1468,6 +1468,7 @@ impl Stage2 {
     /// the range covers in part, which at each level are at most its first and its last entry
     /// (level 0 has no blocks: every entry touched there counts). Constant time, and usually
     /// far below [`tables_needed`](Self::tables_needed), which counts every entry touched.
+    #[inline]
     pub fn tables_needed_in_place(&self, range: PageRange<Ipa>) -> usize {
         let (s, e) = (range.start().raw(), range.end().raw());
         let span = entry_size(2);
