@@ -114,6 +114,15 @@ macro_rules! ensure {
     };
 }
 
+/// A test table from test function names: `tests![a_rule, another_rule]` is
+/// `&[Test { name: "a_rule", run: a_rule }, ...]`, so a test's name is always its function's.
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        &[$($crate::harness::Test { name: stringify!($name), run: $name }),*]
+    };
+}
+
 static PASSED: AtomicUsize = AtomicUsize::new(0);
 static FAILED: AtomicUsize = AtomicUsize::new(0);
 static CURRENT: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());

@@ -131,3 +131,41 @@ pub fn system_off() -> ! {
     crate::println_raw!("PSCI SYSTEM_OFF returned; exiting through semihosting");
     crate::semihosting::exit(1)
 }
+
+/// What VERSO_HYP_CANARY reports: the PA of the hyp's canary page and its checksum now and at boot.
+pub struct Canary {
+    /// Physical address of the canary page (inside hyp memory).
+    pub pa: u64,
+    /// FNV-1a 64 checksum of the page now.
+    pub now: u64,
+    /// The checksum recorded at boot.
+    pub at_boot: u64,
+}
+
+/// Asks the hyp for its canary page (VERSO_HYP_CANARY).
+pub fn canary() -> Result<Canary, crate::harness::Failure> {
+    let r = match hvc([VERSO_HYP_CANARY, 0, 0, 0]) {
+        Ok(r) => r,
+        Err(f) => crate::fail!("VERSO_HYP_CANARY: hvc faulted ({f})"),
+    };
+    crate::ensure!(r[0] == 0, "VERSO_HYP_CANARY returned x0={:#x}", r[0]);
+    crate::ensure!(r[1] % 4096 == 0, "canary PA {:#x} not page aligned", r[1]);
+    Ok(Canary {
+        pa: r[1],
+        now: r[2],
+        at_boot: r[3],
+    })
+}
+
+/// Fails unless the hyp's canary checksum still equals the boot-time one: hyp memory stayed
+/// unchanged by `what`.
+pub fn canary_unchanged(what: &str) -> crate::harness::TestResult {
+    let c = canary()?;
+    crate::ensure!(
+        c.now == c.at_boot,
+        "hyp memory changed by {what}: canary checksum now {:#x}, at boot {:#x}",
+        c.now,
+        c.at_boot
+    );
+    Ok(())
+}

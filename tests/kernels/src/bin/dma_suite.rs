@@ -33,7 +33,7 @@ use edu::{Direction, Edu};
 use pci::{Bdf, Ecam};
 use verso_test_kernels::harness::{run_suite, Failure, Test, TestResult};
 use verso_test_kernels::mailbox::{guest_call as gc, pattern};
-use verso_test_kernels::smccc::{self, hvc};
+use verso_test_kernels::smccc::{canary, canary_unchanged, hvc};
 use verso_test_kernels::vmm::{self, Vm, PAGE};
 use verso_test_kernels::{ensure, fail};
 
@@ -284,36 +284,6 @@ fn expect_faults(kind: u8, sid: u32, addr: u64, read: bool, chunks: u64) -> Test
             );
         }
     }
-    Ok(())
-}
-
-struct Canary {
-    pa: u64,
-    now: u64,
-    at_boot: u64,
-}
-
-fn canary() -> Result<Canary, Failure> {
-    let r = match hvc([smccc::VERSO_HYP_CANARY, 0, 0, 0]) {
-        Ok(r) => r,
-        Err(f) => fail!("VERSO_HYP_CANARY: hvc faulted ({f})"),
-    };
-    ensure!(r[0] == 0, "VERSO_HYP_CANARY returned x0={:#x}", r[0]);
-    Ok(Canary {
-        pa: r[1],
-        now: r[2],
-        at_boot: r[3],
-    })
-}
-
-fn canary_unchanged(what: &str) -> TestResult {
-    let c = canary()?;
-    ensure!(
-        c.now == c.at_boot,
-        "hyp memory changed by {what}: canary checksum {:#x}, at boot {:#x}",
-        c.now,
-        c.at_boot
-    );
     Ok(())
 }
 

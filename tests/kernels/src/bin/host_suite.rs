@@ -18,7 +18,7 @@ use verso_test_kernels::exception::{
     EC_INSN_ABORT_SAME_EL,
 };
 use verso_test_kernels::harness::{run_suite, Failure, Test, TestResult};
-use verso_test_kernels::smccc::{self, hvc, psci, psci_call, smc};
+use verso_test_kernels::smccc::{self, canary, canary_unchanged, hvc, psci, psci_call, smc};
 use verso_test_kernels::{console, cpus, dtb, ensure, fail};
 
 verso_test_kernels::entry!(main);
@@ -143,39 +143,6 @@ static TESTS: &[Test] = &[
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// What VERSO_HYP_CANARY reports.
-struct Canary {
-    pa: u64,
-    now: u64,
-    at_boot: u64,
-}
-
-fn canary() -> Result<Canary, Failure> {
-    let r = match hvc([smccc::VERSO_HYP_CANARY, 0, 0, 0]) {
-        Ok(r) => r,
-        Err(f) => fail!("VERSO_HYP_CANARY: hvc faulted ({f})"),
-    };
-    ensure!(r[0] == 0, "VERSO_HYP_CANARY returned x0={:#x}", r[0]);
-    ensure!(r[1] % 4096 == 0, "canary PA {:#x} not page aligned", r[1]);
-    Ok(Canary {
-        pa: r[1],
-        now: r[2],
-        at_boot: r[3],
-    })
-}
-
-/// Checks that the canary checksum still equals the boot-time one.
-fn canary_unchanged(what: &str) -> TestResult {
-    let c = canary()?;
-    ensure!(
-        c.now == c.at_boot,
-        "hyp canary changed after {what}: checksum now {:#x}, at boot {:#x}",
-        c.now,
-        c.at_boot
-    );
-    Ok(())
-}
 
 /// The hyp region the host DTB reserves (`/reserved-memory/hyp@...`).
 fn hyp_region() -> Result<(u64, u64), Failure> {

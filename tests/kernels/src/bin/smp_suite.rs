@@ -28,7 +28,7 @@ use verso_test_kernels::vmm::{
     alloc_pages, call_ok, call_status, exit, first_nonzero, host_call, id, status, write, Region,
     Vm, PAGE, RUN_COMPLETE,
 };
-use verso_test_kernels::{ensure, fail, println};
+use verso_test_kernels::{ensure, fail, println, tests};
 
 verso_test_kernels::entry!(main);
 
@@ -50,12 +50,6 @@ const RACE_IPA: u64 = 0x4200_0000;
 const CHURN_IPA: u64 = 0x4300_0000;
 /// MEM_SHARE / MEM_UNSHARE round trips per guest in the concurrent conversion test.
 const CONVERT_ROUNDS: u64 = 120;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        &[$(Test { name: stringify!($name), run: $name }),*]
-    };
-}
 
 static TESTS: &[Test] = tests![
     secondaries_enter_el1_through_the_psci_relay,

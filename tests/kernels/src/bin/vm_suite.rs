@@ -20,7 +20,7 @@ use verso_test_kernels::vmm::{
     self, alloc_pages, call_ok, call_status, exit, expect_status, first_nonzero, id, read, status,
     write, Vm, GUEST_IMAGE_PA, PAGE, RUN_COMPLETE, VM_CREATE_PAGES,
 };
-use verso_test_kernels::{ensure, fail, println};
+use verso_test_kernels::{ensure, fail, println, tests};
 
 verso_test_kernels::entry!(main);
 
@@ -45,12 +45,6 @@ const LOG_SHARED: u64 = 1;
 const LOG_PRIVATE: u64 = 2;
 const LOG_RELINQUISHED: u64 = 3;
 const TWO_MIB: u64 = 0x20_0000;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        &[$(Test { name: stringify!($name), run: $name }),*]
-    };
-}
 
 static TESTS: &[Test] = tests![
     vm_boots_from_the_loaded_image_in_place_and_gets_x0,
