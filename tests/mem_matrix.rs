@@ -517,7 +517,7 @@ impl Fixture {
             let m = *host.meta(pa).unwrap();
             let gs = |h: VmHandle, i: u64| {
                 let g = vms.get(h).unwrap().guest.lock();
-                guest_state(&g.stage2.lookup(plat, Ipa(i * PAGE_SIZE)))
+                guest_state(&g.stage2.lookup(plat, Ipa(i * PAGE_SIZE)), host)
             };
             Sig(
                 m.host_state(),

@@ -672,16 +672,16 @@ impl Test {
     /// Every guest's view of `n` IPAs from `i` must be what the model says.
     fn check_guest_pages(&self, i: u64, n: u64) {
         for (h, v) in &self.m.vms {
-            self.w.own.inspect(|vms, _, _| {
+            self.w.own.inspect(|vms, host, _| {
                 let g = vms.get(*h).unwrap().guest.lock();
                 for ipa in i..(i + n).min(GUEST_LIMIT_PAGES) {
                     let l = g.stage2.lookup(&self.w.plat, Ipa(ipa * PAGE_SIZE));
                     let seen = match l {
                         Lookup::Mapped { pa, .. } => Some(GPage::Mapped {
                             pa: (pa.raw() - mem_support::RAM) / PAGE_SIZE,
-                            state: guest_state(&l),
+                            state: guest_state(&l, host),
                         }),
-                        _ if guest_state(&l) == PageState::Poisoned => Some(GPage::Poisoned),
+                        _ if guest_state(&l, host) == PageState::Poisoned => Some(GPage::Poisoned),
                         _ => None,
                     };
                     assert_eq!(
@@ -766,7 +766,7 @@ impl Test {
             self.check_host_page(k);
         }
         // Guest views: every mapping the tables have is the model's and vice versa.
-        self.w.own.inspect(|vms, _, _| {
+        self.w.own.inspect(|vms, host, _| {
             let live: Vec<VmHandle> = vms.handles().collect();
             assert_eq!(
                 live,
@@ -779,10 +779,13 @@ impl Test {
                 for (ipa, n, l) in chunks(&g.stage2, &self.w.plat) {
                     for k in 0..n {
                         let gp = match l {
-                            Lookup::Mapped { pa, .. } => GPage::Mapped {
-                                pa: (pa.raw() - mem_support::RAM) / PAGE_SIZE + k,
-                                state: guest_state(&l),
-                            },
+                            Lookup::Mapped { pa, leaf, level } => {
+                                let pa = pa.add(k * PAGE_SIZE);
+                                GPage::Mapped {
+                                    pa: (pa.raw() - mem_support::RAM) / PAGE_SIZE,
+                                    state: guest_state(&Lookup::Mapped { pa, leaf, level }, host),
+                                }
+                            }
                             _ => GPage::Poisoned,
                         };
                         seen.insert(ipa.raw() / PAGE_SIZE + k, gp);

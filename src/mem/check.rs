@@ -15,7 +15,8 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use super::{annotation_owner, guest_state, HostMemory, Owner, Ownership, PageMeta, PageState};
+use super::{annotation_owner, HostMemory, Owner, Ownership, PageMeta, PageState};
+use super::{ANN_GUEST_POISONED, GUEST_SW_BORROWED, GUEST_SW_OWNED};
 use super::{HOST_MMIO_LEAF, HOST_RAM_LEAF, PIN_RESERVED};
 use crate::addr::{Ipa, PageRange, PhysAddr, PAGE_SIZE};
 use crate::pgtable::{Lookup, Stage2, TableAllocator};
@@ -100,7 +101,9 @@ pub fn snapshot<A: TableAllocator>(own: &Ownership<'_, A>, plat: &impl PhysMemor
     })
 }
 
-/// A guest mapping of one physical page.
+/// A guest mapping of one physical page. `state` is what the guest stage-2 alone says: `Owned`
+/// for a page the guest owns (shared with the host or not: that is the page's host state, see
+/// [`super::guest_state`]), `SharedBorrowed` for a page the host lent it.
 #[derive(Clone, Copy, Debug)]
 struct GuestMapping {
     handle: VmHandle,
@@ -131,18 +134,23 @@ pub fn check_consistency<A: TableAllocator>(
             for (ipa, pages, l) in chunks(&g.stage2, plat) {
                 match l {
                     Lookup::Mapped { pa, leaf, .. } => {
-                        if leaf.sw > 2 || leaf.mem != crate::pgtable::MemType::Normal {
+                        let state = match leaf.sw {
+                            GUEST_SW_OWNED => PageState::Owned,
+                            GUEST_SW_BORROWED => PageState::SharedBorrowed,
+                            _ => return Err(format!("{h:?} {ipa:?}: bad guest leaf {leaf:?}")),
+                        };
+                        if leaf.mem != crate::pgtable::MemType::Normal {
                             return Err(format!("{h:?} {ipa:?}: bad guest leaf {leaf:?}"));
                         }
                         for k in 0..pages {
                             by_pa.entry(pa.raw() + k * PAGE_SIZE).or_default().push(GuestMapping {
                                 handle: h,
                                 ipa: Ipa(ipa.raw() + k * PAGE_SIZE),
-                                state: guest_state(&l),
+                                state,
                             });
                         }
                     }
-                    Lookup::Annotated { .. } if guest_state(&l) == PageState::Poisoned => {}
+                    Lookup::Annotated { ann, .. } if ann.owner == ANN_GUEST_POISONED => {}
                     other => return Err(format!("{h:?} {ipa:?}: unexpected guest entry {other:?}")),
                 }
             }
@@ -302,7 +310,8 @@ fn check_page<A: TableAllocator>(
             }
             _ => fail("guest-owned page must be annotated with its one guest mapping"),
         },
-        (SharedBorrowed, NoPage) if identity && states == [SharedOwned] => Ok(()),
+        // A page the guest owns (its one mapping says so) and shares with the host.
+        (SharedBorrowed, NoPage) if identity && states == [Owned] => Ok(()),
         _ => fail("illegal combination"),
     }
 }

@@ -276,6 +276,11 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
             .try_for_each(check)
     }
 
+    /// The metadata of `pages` pages from index `first` (a [`Self::ram_index`]).
+    pub(crate) fn meta_slice(&self, first: usize, pages: u64) -> &[PageMeta] {
+        &self.meta[first..first + pages as usize]
+    }
+
     /// Apply `f` to every page's metadata.
     pub(crate) fn update(&mut self, first: usize, pages: u64, f: impl FnMut(&mut PageMeta)) {
         self.meta[first..first + pages as usize]

@@ -14,14 +14,16 @@
 //!   metadata word also holds the hyp's state of the page (like pKVM's `hyp_page`), so the hyp
 //!   fields are only written with the host lock held as well.
 //! - *hyp* ([`HypComponent`]): the hypervisor's accounting of the pages it owns and borrows.
-//! - *guest* ([`crate::vm::Guest`]): one guest's stage-2 (whose software bits hold the guest's
-//!   page states) and memcache.
+//! - *guest* ([`crate::vm::Guest`]): one guest's stage-2 (whose software bits say whether the
+//!   guest owns or borrows a page) and memcache.
 //!
 //! # States
 //!
-//! Host and hyp states live in the metadata ([`PageMeta`]); guest states in the guest stage-2:
-//! valid leaves carry `Owned`/`SharedOwned`/`SharedBorrowed` in their two software bits, empty
-//! entries are `NoPage`, an invalid entry annotated as poisoned is `Poisoned`. A page the host
+//! Host and hyp states live in the metadata ([`PageMeta`]); guest states in the guest stage-2
+//! and, for the pages a guest owns, in the metadata too (see [`guest_state`]): a valid leaf's
+//! software bits say owned (`Owned`, or `SharedOwned` when the page's host state is
+//! `SharedBorrowed`) or borrowed (`SharedBorrowed`), empty entries are `NoPage`, an invalid
+//! entry annotated as poisoned is `Poisoned`. A page the host
 //! gave away has an invalid, annotated host descriptor naming its new owner; for a guest, the VM
 //! handle and the IPA. The full table of transitions, preconditions and errors is in
 //! `docs/memory-model.md`; the tests enforce it.
@@ -100,16 +102,36 @@ pub fn annotation_owner(ann: &Annotation, pa: PhysAddr) -> Option<(Owner, Option
     }
 }
 
-/// The guest's state of a page, from its guest stage-2 lookup.
-pub fn guest_state(lookup: &Lookup) -> PageState {
+/// Software bits of a guest leaf for a page the guest owns (`Owned` or `SharedOwned`).
+pub(crate) const GUEST_SW_OWNED: u8 = 0;
+/// Software bits of a guest leaf for a page the host lent to the guest (`SharedBorrowed`).
+pub(crate) const GUEST_SW_BORROWED: u8 = 2;
+
+/// The guest's state of a page: its guest stage-2 lookup says whether the guest owns the page,
+/// borrows it, had it poisoned or has nothing there; for a page it owns, the host's state of
+/// that page says whether the guest shares it (host `SharedBorrowed`: guest `SharedOwned`).
+///
+/// This split is what keeps MEM_SHARE / MEM_UNSHARE off the guest stage-2: the guest's own
+/// access to a page it owns is the same whether it shares it or not, so the conversion changes
+/// the host's descriptor and metadata only, and the guest's block mappings are never split for
+/// it (docs/decisions/guest-shared-state.md).
+pub fn guest_state<A: TableAllocator>(lookup: &Lookup, host: &HostMemory<'_, A>) -> PageState {
     match lookup {
-        Lookup::Mapped { leaf, .. } => match leaf.sw {
-            0 => PageState::Owned,
-            1 => PageState::SharedOwned,
+        Lookup::Mapped { leaf, pa, .. } => match leaf.sw {
+            GUEST_SW_OWNED => owned_state(host.meta(*pa)),
             _ => PageState::SharedBorrowed,
         },
         Lookup::Annotated { ann, .. } if ann.owner == ANN_GUEST_POISONED => PageState::Poisoned,
         _ => PageState::NoPage,
+    }
+}
+
+/// The guest's state of a page it owns, from the page's metadata (`None`: not RAM, which a
+/// consistent guest mapping never is).
+pub(crate) fn owned_state(meta: Option<&PageMeta>) -> PageState {
+    match meta {
+        Some(m) if m.host_state() == PageState::SharedBorrowed => PageState::SharedOwned,
+        _ => PageState::Owned,
     }
 }
 

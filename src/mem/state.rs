@@ -79,6 +79,13 @@ impl PageMeta {
     pub const fn guest_shares(&self) -> u32 {
         self.guest_shares
     }
+    /// Whether the host and hyp states are `host` and `hyp`: two byte compares (the stored codes
+    /// are only ever written from a [`PageState`], so they are canonical), no decoding.
+    #[inline]
+    pub(crate) fn states_are(&self, host: PageState, hyp: PageState) -> bool {
+        self.host_state == host as u8
+            && self.hyp_state_complement == hyp as u8 ^ PageState::NoPage as u8
+    }
     pub(crate) fn set_host_state(&mut self, s: PageState) {
         self.host_state = s as u8;
     }
@@ -119,6 +126,24 @@ mod tests {
             m.set_host_state(s);
             m.set_hyp_state(s);
             assert_eq!((m.host_state(), m.hyp_state()), (s, s));
+        }
+    }
+
+    #[test]
+    fn states_are_agrees_with_the_decoded_states() {
+        use PageState::*;
+        let all = [Owned, SharedOwned, SharedBorrowed, NoPage, Poisoned];
+        for (h, y) in all.iter().flat_map(|h| all.iter().map(move |y| (*h, *y))) {
+            let mut m = PageMeta::default();
+            m.set_host_state(h);
+            m.set_hyp_state(y);
+            for (a, b) in all.iter().flat_map(|a| all.iter().map(move |b| (*a, *b))) {
+                assert_eq!(
+                    m.states_are(a, b),
+                    (a, b) == (h, y),
+                    "{h:?}/{y:?} vs {a:?}/{b:?}"
+                );
+            }
         }
     }
 }

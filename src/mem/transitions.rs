@@ -13,8 +13,9 @@
 
 use super::host::identity;
 use super::{
-    check_capacity, committed, guest_annotation, guest_state, poison_annotation, scrub, Ownership,
-    PageMeta, PageState, PIN_RESERVED,
+    check_capacity, committed, guest_annotation, guest_state, owned_state, poison_annotation,
+    scrub, HostMemory, Ownership, PageMeta, PageState, GUEST_SW_BORROWED, GUEST_SW_OWNED,
+    PIN_RESERVED,
 };
 use crate::addr::{Address, Ipa, PageRange, PhysAddr, PAGE_SIZE};
 use crate::error::{Error, Result};
@@ -25,20 +26,25 @@ use core::ops::ControlFlow;
 use PageState::{NoPage, Owned, SharedBorrowed, SharedOwned};
 
 /// [`Error::Perm`] unless the host and hyp states of a page are `host` and `hyp`.
+#[inline]
 fn expect(m: &PageMeta, host: PageState, hyp: PageState) -> Result<()> {
-    if m.host_state() == host && m.hyp_state() == hyp {
+    if m.states_are(host, hyp) {
         Ok(())
     } else {
         Err(Error::Perm)
     }
 }
 
-/// A guest leaf recording `state` in the software bits.
-fn guest_leaf(perms: Perms, state: PageState) -> Leaf {
+/// A guest leaf for a page the guest owns (`borrowed == false`) or borrows from the host.
+fn guest_leaf(perms: Perms, borrowed: bool) -> Leaf {
     Leaf {
         perms,
         mem: MemType::Normal,
-        sw: state as u8,
+        sw: if borrowed {
+            GUEST_SW_BORROWED
+        } else {
+            GUEST_SW_OWNED
+        },
     }
 }
 
@@ -63,8 +69,61 @@ impl Run {
     }
 }
 
+/// How runs split the pages a guest owns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Split {
+    /// By guest state: `Owned` and `SharedOwned` pages are separate runs (a metadata read per
+    /// page).
+    ByState,
+    /// By guest leaf only: the pages the guest owns form one run reported as `Owned`, whatever
+    /// their host state; the caller's metadata check tells `Owned` from `SharedOwned` (MEM_SHARE
+    /// and MEM_UNSHARE, whose metadata check refuses the other state with the same
+    /// [`Error::Perm`] a state check would give, page by page in the same order).
+    ByLeaf,
+}
+
+/// The guest state of the first page of a walk chunk of `pages` pages, and how many pages from
+/// the first share it: a chunk of pages the guest owns is one leaf, but which of its pages the
+/// guest shares is in their metadata ([`guest_state`]).
+fn chunk_state<A: TableAllocator>(
+    host: &HostMemory<'_, A>,
+    lookup: &Lookup,
+    pages: u64,
+    split: Split,
+) -> (PageState, u64) {
+    match lookup {
+        Lookup::Mapped { leaf, .. } if leaf.sw == GUEST_SW_OWNED && split == Split::ByLeaf => {
+            (Owned, pages)
+        }
+        Lookup::Mapped { pa, leaf, .. } if leaf.sw == GUEST_SW_OWNED => {
+            let metas = PageRange::new(*pa, pages)
+                .and_then(|r| host.ram_index(r).ok())
+                .map(|first| host.meta_slice(first, pages));
+            match metas {
+                Some(metas) => {
+                    let state = owned_state(metas.first());
+                    let same = metas
+                        .iter()
+                        .take_while(|m| owned_state(Some(m)) == state)
+                        .count();
+                    (state, same as u64)
+                }
+                // Not one RAM range (never so in a consistent state): one page at a time.
+                None => (owned_state(host.meta(*pa)), 1),
+            }
+        }
+        _ => (guest_state(lookup, host), pages),
+    }
+}
+
 /// The first run of `range` in the guest stage-2.
-fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run {
+fn first_run<A: TableAllocator>(
+    host: &HostMemory<'_, A>,
+    s2: &Stage2,
+    plat: &impl PhysMemory,
+    range: PageRange<Ipa>,
+    split: Split,
+) -> Run {
     if range.pages() == 1 {
         // One page (the usual conversion) is its own run: one lookup, no walk to merge chunks.
         let lookup = s2.lookup(plat, range.start());
@@ -74,21 +133,27 @@ fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run 
         };
         return Run {
             range,
-            state: guest_state(&lookup),
+            state: chunk_state(host, &lookup, 1, split).0,
             pa,
         };
     }
     let mut acc: Option<(u64, PageState, Option<PhysAddr>, Option<Leaf>)> = None;
     s2.walk(plat, range, |_ipa, pages, lookup| {
-        let state = guest_state(lookup);
+        let (state, same) = chunk_state(host, lookup, pages, split);
         let (pa, leaf) = match lookup {
             Lookup::Mapped { pa, leaf, .. } => (Some(*pa), Some(*leaf)),
             _ => (None, None),
         };
+        // The walk goes on only while the whole chunk continues the run.
+        let go_on = if same == pages {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        };
         match &mut acc {
             None => {
-                acc = Some((pages, state, pa, leaf));
-                ControlFlow::Continue(())
+                acc = Some((same, state, pa, leaf));
+                go_on
             }
             Some((n, s0, pa0, leaf0)) => {
                 let contiguous = match (*pa0, pa) {
@@ -97,8 +162,8 @@ fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run 
                     _ => false,
                 };
                 if *s0 == state && contiguous && *leaf0 == leaf {
-                    *n += pages;
-                    ControlFlow::Continue(())
+                    *n += same;
+                    go_on
                 } else {
                     ControlFlow::Break(())
                 }
@@ -115,27 +180,48 @@ fn first_run(s2: &Stage2, plat: &impl PhysMemory, range: PageRange<Ipa>) -> Run 
 }
 
 /// The runs of `range`, in address order.
-struct Runs<'a, M> {
+struct Runs<'a, 'm, A: TableAllocator, M> {
+    host: &'a HostMemory<'m, A>,
     s2: &'a Stage2,
     plat: &'a M,
     rest: Option<PageRange<Ipa>>,
+    split: Split,
 }
 
-impl<M: PhysMemory> Iterator for Runs<'_, M> {
+impl<A: TableAllocator, M: PhysMemory> Iterator for Runs<'_, '_, A, M> {
     type Item = Run;
     fn next(&mut self) -> Option<Run> {
         let r = self.rest?;
-        let run = first_run(self.s2, self.plat, r);
+        let run = first_run(self.host, self.s2, self.plat, r, self.split);
         self.rest = after(r, run.range.pages());
         Some(run)
     }
 }
 
-fn runs<'a, M: PhysMemory>(s2: &'a Stage2, plat: &'a M, range: PageRange<Ipa>) -> Runs<'a, M> {
+/// The runs of `range` split by guest state (see [`Split`]).
+fn runs<'a, 'm, A: TableAllocator, M: PhysMemory>(
+    host: &'a HostMemory<'m, A>,
+    s2: &'a Stage2,
+    plat: &'a M,
+    range: PageRange<Ipa>,
+) -> Runs<'a, 'm, A, M> {
+    runs_split(host, s2, plat, range, Split::ByState)
+}
+
+/// The runs of `range` split as `split` says.
+fn runs_split<'a, 'm, A: TableAllocator, M: PhysMemory>(
+    host: &'a HostMemory<'m, A>,
+    s2: &'a Stage2,
+    plat: &'a M,
+    range: PageRange<Ipa>,
+    split: Split,
+) -> Runs<'a, 'm, A, M> {
     Runs {
+        host,
         s2,
         plat,
         rest: Some(range),
+        split,
     }
 }
 
@@ -146,15 +232,18 @@ fn runs<'a, M: PhysMemory>(s2: &'a Stage2, plat: &'a M, range: PageRange<Ipa>) -
 struct RunList {
     runs: [Option<(Run, PageRange<PhysAddr>, usize)>; RunList::CAP],
     n: usize,
+    split: Split,
 }
 
 impl RunList {
     const CAP: usize = 8;
 
-    fn new() -> Self {
+    /// An empty list of runs split as `split` (the check phase's runs).
+    fn new(split: Split) -> Self {
         Self {
             runs: [None; Self::CAP],
             n: 0,
+            split,
         }
     }
 
@@ -178,7 +267,7 @@ impl RunList {
         match self.runs.get(k) {
             Some(Some((run, pa, first))) => (*run, Some((*pa, *first))),
             _ => {
-                let run = first_run(s2, plat, cur);
+                let run = first_run(host, s2, plat, cur, self.split);
                 (run, run_pages(host, &run).ok())
             }
         }
@@ -223,7 +312,7 @@ fn check_conversion_capacity<A: TableAllocator>(
         return Ok(());
     }
     let (mut host_tables, mut guest_tables) = (0, 0);
-    for run in runs(&guest.stage2, plat, ipas) {
+    for run in runs(host, &guest.stage2, plat, ipas) {
         if let Ok((pa, _)) = run_pages(host, &run) {
             host_tables += host.tables_needed(plat, pa);
         }
@@ -233,35 +322,52 @@ fn check_conversion_capacity<A: TableAllocator>(
     check_capacity(guest.table_capacity(), guest_tables)
 }
 
-/// The one guest page of the one-page range `ipa`, checked to be in state `wanted` and mapped
-/// to a RAM page: its run, host page and host metadata index. Same errors, in the same order,
-/// as the multi-run check phase gives for a one-page range.
-fn one_page_run<A: TableAllocator>(
-    host: &super::HostMemory<'_, A>,
+/// The page behind the one-page range `ipa`, which the guest must own (`Owned` or
+/// `SharedOwned`: the caller tells them apart by the page's metadata, see [`guest_state`]): its
+/// host page and metadata index. For a one-page MEM_SHARE / MEM_UNSHARE this gives the same
+/// errors, in the same order, as the multi-run check phase: an IPA with no page is
+/// [`Error::NotFound`]; a borrowed or poisoned page, or one the guest owns in the other state
+/// (refused by the caller's metadata check), is [`Error::Perm`].
+fn one_owned_page<A: TableAllocator>(
+    host: &HostMemory<'_, A>,
     guest: &Guest,
     plat: &impl PhysMemory,
     ipa: PageRange<Ipa>,
-    wanted: PageState,
-) -> Result<(Run, PageRange<PhysAddr>, usize)> {
-    let run = first_run(&guest.stage2, plat, ipa);
-    guest_state_error(&run, &[wanted])?;
-    let (pa, first) = run_pages(host, &run)?;
-    Ok((run, pa, first))
+) -> Result<(PageRange<PhysAddr>, usize)> {
+    match guest.stage2.lookup(plat, ipa.start()) {
+        Lookup::Mapped { pa, leaf, .. } if leaf.sw == GUEST_SW_OWNED => {
+            let pa = PageRange::new(pa, 1).ok_or(Error::Perm)?;
+            let first = host.ram_index(pa).map_err(|_| Error::Perm)?;
+            Ok((pa, first))
+        }
+        Lookup::Empty { .. } => Err(Error::NotFound),
+        Lookup::Annotated { ann, .. } if ann.owner != super::ANN_GUEST_POISONED => {
+            Err(Error::NotFound)
+        }
+        _ => Err(Error::Perm),
+    }
 }
 
-/// The capacity check of a one-page guest conversion of `ipa` backed by host page `pa`: the
-/// O(1) bounds, and the exact count only if a bound exceeds what is available (as the
-/// multi-run path does through [`check_conversion_capacity`]).
-fn check_one_page_capacity<A: TableAllocator>(
-    host: &super::HostMemory<'_, A>,
+/// The capacity check of a MEM_SHARE / MEM_UNSHARE of `ipas`, which changes the host stage-2
+/// only: the O(1) bound `bound` summed over the runs, and the exact worst case (a walk of the
+/// tables as they are) only if the bound exceeds what the host has.
+fn check_host_conversion_capacity<A: TableAllocator>(
+    host: &HostMemory<'_, A>,
     guest: &Guest,
     plat: &impl PhysMemory,
-    ipa: PageRange<Ipa>,
-    pa: PageRange<PhysAddr>,
+    ipas: PageRange<Ipa>,
+    bound: usize,
 ) -> Result<()> {
-    let host_bound = host.stage2.tables_needed_in_place(identity(pa));
-    let guest_bound = guest.stage2.tables_needed_in_place(ipa);
-    check_conversion_capacity(host, guest, plat, ipa, host_bound, guest_bound)
+    if host.covers_tables(bound) {
+        return Ok(());
+    }
+    let mut needed = 0;
+    for run in runs_split(host, &guest.stage2, plat, ipas, Split::ByLeaf) {
+        if let Ok((pa, _)) = run_pages(host, &run) {
+            needed += host.tables_needed(plat, pa);
+        }
+    }
+    host.check_tables(needed)
 }
 
 impl<'m, A: TableAllocator> Ownership<'m, A> {
@@ -458,14 +564,15 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
                 _ => Err(Error::Perm),
             }
         })?;
-        runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
+        runs(&host, &guest.stage2, &*plat, ipas)
+            .try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
         check_capacity(
             guest.table_capacity(),
             guest.stage2.tables_needed(&*plat, ipas),
         )?;
 
         let g = &mut *guest;
-        let leaf = guest_leaf(perms, SharedBorrowed);
+        let leaf = guest_leaf(perms, true);
         committed(
             g.stage2
                 .map(plat, &mut g.memcache, ipas, pages.start(), leaf),
@@ -496,7 +603,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let mut host = self.host.lock();
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
-        for run in runs(&guest.stage2, &*plat, ipas) {
+        for run in runs(&host, &guest.stage2, &*plat, ipas) {
             guest_state_error(&run, &[SharedBorrowed])?;
             let (pa, first) = run_pages(&host, &run)?;
             host.check(first, pa.pages(), |m| {
@@ -514,15 +621,19 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
             guest.stage2.tables_needed_for(&*plat, ipas, None),
         )?;
 
-        for run in runs(&guest.stage2, &*plat, ipas) {
-            let (pa, first) = run_pages(&host, &run)?;
-            host.update(first, pa.pages(), |m| {
-                let left = m.guest_shares() - 1;
-                m.set_guest_shares(left);
-                if left == 0 {
-                    m.set_host_state(Owned);
-                }
-            });
+        let mut rest = Some(ipas);
+        while let Some(cur) = rest {
+            let run = first_run(&host, &guest.stage2, &*plat, cur, Split::ByState);
+            if let Ok((pa, first)) = run_pages(&host, &run) {
+                host.update(first, pa.pages(), |m| {
+                    let left = m.guest_shares() - 1;
+                    m.set_guest_shares(left);
+                    if left == 0 {
+                        m.set_host_state(Owned);
+                    }
+                });
+            }
+            rest = after(cur, run.range.pages());
         }
         let g = &mut *guest;
         committed(g.stage2.unmap(plat, &mut g.memcache, ipas));
@@ -555,7 +666,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let first = host.ram_index(pages)?;
         let mut guest = vm.guest.lock();
         host.check(first, pages.pages(), |m| expect(m, Owned, NoPage))?;
-        runs(&guest.stage2, &*plat, ipas).try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
+        runs(&host, &guest.stage2, &*plat, ipas)
+            .try_for_each(|r| guest_state_error(&r, &[NoPage]))?;
         host.check_tables(host.tables_needed(&*plat, pages))?;
         check_capacity(
             guest.table_capacity(),
@@ -565,7 +677,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         host.annotate(plat, pages, guest_annotation(handle, pages.start(), ipa));
         host.update(first, pages.pages(), |m| m.set_host_state(NoPage));
         let g = &mut *guest;
-        let leaf = guest_leaf(Perms::RWX, Owned);
+        let leaf = guest_leaf(Perms::RWX, false);
         committed(
             g.stage2
                 .map(plat, &mut g.memcache, ipas, pages.start(), leaf),
@@ -607,41 +719,37 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // No hyp lock: the hyp's accounting is not touched, and the hyp state of a page (read
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
-        let mut guest = vm.guest.lock();
+        let guest = vm.guest.lock();
         if ipas.pages() == 1 {
             // One page (the usual conversion): check and commit it directly, without the run
             // list the multi-run path keeps between its two phases.
-            let (run, pa, first) = one_page_run(&host, &guest, &*plat, ipas, Owned)?;
+            let (pa, first) = one_owned_page(&host, &guest, &*plat, ipas)?;
             host.check(first, 1, |m| expect(m, NoPage, NoPage))?;
-            check_one_page_capacity(&host, &guest, &*plat, ipas, pa)?;
-            let g = &mut *guest;
-            let sw = SharedOwned as u8;
-            committed(g.stage2.set_sw(plat, &mut g.memcache, run.range, sw));
+            let bound = host.stage2.tables_needed_in_place(identity(pa));
+            check_host_conversion_capacity(&host, &guest, &*plat, ipas, bound)?;
             host.map(plat, pa);
             host.update(first, 1, |m| m.set_host_state(SharedBorrowed));
             return Ok(());
         }
-        let (mut host_tables, mut guest_tables) = (0, 0);
-        let mut seen = RunList::new();
-        for run in runs(&guest.stage2, &*plat, ipas) {
+        let mut host_tables = 0;
+        let mut seen = RunList::new(Split::ByLeaf);
+        for run in runs_split(&host, &guest.stage2, &*plat, ipas, Split::ByLeaf) {
+            // `Owned` here is any page the guest owns; the metadata check refuses `SharedOwned`.
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             seen.push(run, pa, first);
             host.check(first, pa.pages(), |m| expect(m, NoPage, NoPage))?;
             host_tables += host.stage2.tables_needed_in_place(identity(pa));
-            guest_tables += guest.stage2.tables_needed_in_place(run.range);
         }
-        check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
+        check_host_conversion_capacity(&host, &guest, &*plat, ipas, host_tables)?;
 
+        // The guest's own mapping is left as it is: its state is the page's host state.
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
             let (run, pages) = seen.get(k, &guest.stage2, &*plat, &host, cur);
             k += 1;
             if let Some((pa, first)) = pages {
-                let g = &mut *guest;
-                let sw = SharedOwned as u8;
-                committed(g.stage2.set_sw(plat, &mut g.memcache, run.range, sw));
                 host.map(plat, pa);
                 host.update(first, pa.pages(), |m| m.set_host_state(SharedBorrowed));
             }
@@ -683,33 +791,30 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // No hyp lock: the hyp's accounting is not touched, and the hyp state of a page (read
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
-        let mut guest = vm.guest.lock();
+        let guest = vm.guest.lock();
         if ipas.pages() == 1 {
             // One page: as in `guest_share_host_in`, checked and committed directly.
-            let (run, pa, first) = one_page_run(&host, &guest, &*plat, ipas, SharedOwned)?;
+            let (pa, first) = one_owned_page(&host, &guest, &*plat, ipas)?;
             host.check(first, 1, |m| expect(m, SharedBorrowed, NoPage))?;
-            check_one_page_capacity(&host, &guest, &*plat, ipas, pa)?;
+            let bound = host.stage2.tables_needed_in_place(identity(pa));
+            check_host_conversion_capacity(&host, &guest, &*plat, ipas, bound)?;
             host.annotate(plat, pa, guest_annotation(handle, pa.start(), ipas.start()));
             host.update(first, 1, |m| m.set_host_state(NoPage));
-            let g = &mut *guest;
-            committed(
-                g.stage2
-                    .set_sw(plat, &mut g.memcache, run.range, Owned as u8),
-            );
             return Ok(());
         }
-        let (mut host_tables, mut guest_tables) = (0, 0);
-        let mut seen = RunList::new();
-        for run in runs(&guest.stage2, &*plat, ipas) {
-            guest_state_error(&run, &[SharedOwned])?;
+        let mut host_tables = 0;
+        let mut seen = RunList::new(Split::ByLeaf);
+        for run in runs_split(&host, &guest.stage2, &*plat, ipas, Split::ByLeaf) {
+            // `Owned` here is any page the guest owns; the metadata check refuses `Owned`.
+            guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             seen.push(run, pa, first);
             host.check(first, pa.pages(), |m| expect(m, SharedBorrowed, NoPage))?;
             host_tables += host.stage2.tables_needed_in_place(identity(pa));
-            guest_tables += guest.stage2.tables_needed_in_place(run.range);
         }
-        check_conversion_capacity(&host, &guest, &*plat, ipas, host_tables, guest_tables)?;
+        check_host_conversion_capacity(&host, &guest, &*plat, ipas, host_tables)?;
 
+        // The guest's own mapping is left as it is: its state is the page's host state.
         let mut rest = Some(ipas);
         let mut k = 0;
         while let Some(cur) = rest {
@@ -722,11 +827,6 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
                     guest_annotation(handle, pa.start(), run.range.start()),
                 );
                 host.update(first, pa.pages(), |m| m.set_host_state(NoPage));
-                let g = &mut *guest;
-                committed(
-                    g.stage2
-                        .set_sw(plat, &mut g.memcache, run.range, Owned as u8),
-                );
             }
             rest = after(cur, run.range.pages());
         }
@@ -765,8 +865,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
-        let mut seen = RunList::new();
-        for run in runs(&guest.stage2, &*plat, ipas) {
+        let mut seen = RunList::new(Split::ByState);
+        for run in runs(&host, &guest.stage2, &*plat, ipas) {
             guest_state_error(&run, &[Owned])?;
             let (pa, first) = run_pages(&host, &run)?;
             seen.push(run, pa, first);
@@ -817,8 +917,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let _hyp = self.hyp.lock();
         let mut guest = vm.guest.lock();
         let (mut host_tables, mut guest_tables) = (0, 0);
-        let mut seen = RunList::new();
-        for run in runs(&guest.stage2, &*plat, ipas) {
+        let mut seen = RunList::new(Split::ByState);
+        for run in runs(&host, &guest.stage2, &*plat, ipas) {
             guest_state_error(&run, &[Owned, SharedOwned])?;
             let (pa, first) = run_pages(&host, &run)?;
             seen.push(run, pa, first);
@@ -896,7 +996,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         if !uniform {
             return Err(Error::Perm);
         }
-        for run in runs(&guest.stage2, &*plat, ipas) {
+        for run in runs(&host, &guest.stage2, &*plat, ipas) {
             if run.state != Owned
                 || run.pa.map(|p| p.raw() - pages.start().raw())
                     != Some(run.range.start().raw() - ipa.raw())
