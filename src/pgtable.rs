@@ -1081,6 +1081,28 @@ fn update_unreachable_pages(
     let stride = step(exp0, 3);
     let mut expect = exp0.wrapping_add(first as u64 * stride);
     let mut delta = 0i16;
+    // A map or a constant value gives entry `i` as the first entry's value plus `i` steps (a map
+    // was checked to fit its output range in 48 bits, so the address never carries into the
+    // attributes): no per-entry descriptor construction.
+    let linear = match *target {
+        Target::Map { .. } => Some(PAGE_SIZE),
+        Target::Invalid { .. } => Some(0),
+        _ => None,
+    };
+    if let (Some(nstride), Some(mut new)) =
+        (linear, target.entry(0, base + first as u64 * PAGE_SIZE, 3))
+    {
+        for i in first..=last {
+            let old = t.read(i);
+            if new != old {
+                delta += i16::from(new != expect) - i16::from(old != expect);
+                t.write(i, new);
+            }
+            new = new.wrapping_add(nstride);
+            expect = expect.wrapping_add(stride);
+        }
+        return delta;
+    }
     for i in first..=last {
         let old = t.read(i);
         let new = match *target {
