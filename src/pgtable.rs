@@ -307,6 +307,11 @@ const fn entry_size(level: u8) -> u64 {
     1 << shift(level)
 }
 
+/// Bytes mapped by one leaf at `level` (the level a [`Lookup`] reports; 3 is a page).
+pub const fn leaf_span(level: u8) -> u64 {
+    entry_size(level)
+}
+
 /// Pages mapped by one entry at `level`.
 const fn entry_pages(level: u8) -> u64 {
     entry_size(level) / PAGE_SIZE

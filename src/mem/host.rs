@@ -281,7 +281,28 @@ impl<'m, A: TableAllocator> HostMemory<'m, A> {
         &self.meta[first..first + pages as usize]
     }
 
+    /// [`Error::Perm`] unless every page's host and hyp states are `host` and `hyp`.
+    #[inline]
+    pub(crate) fn check_states(
+        &self,
+        first: usize,
+        pages: u64,
+        host: PageState,
+        hyp: PageState,
+    ) -> Result<()> {
+        if self
+            .meta_slice(first, pages)
+            .iter()
+            .all(|m| m.states_are(host, hyp))
+        {
+            Ok(())
+        } else {
+            Err(Error::Perm)
+        }
+    }
+
     /// Apply `f` to every page's metadata.
+    #[inline]
     pub(crate) fn update(&mut self, first: usize, pages: u64, f: impl FnMut(&mut PageMeta)) {
         self.meta[first..first + pages as usize]
             .iter_mut()

@@ -322,23 +322,29 @@ fn check_conversion_capacity<A: TableAllocator>(
     check_capacity(guest.table_capacity(), guest_tables)
 }
 
-/// The page behind the one-page range `ipa`, which the guest must own (`Owned` or
-/// `SharedOwned`: the caller tells them apart by the page's metadata, see [`guest_state`]): its
-/// host page and metadata index. For a one-page MEM_SHARE / MEM_UNSHARE this gives the same
-/// errors, in the same order, as the multi-run check phase: an IPA with no page is
-/// [`Error::NotFound`]; a borrowed or poisoned page, or one the guest owns in the other state
-/// (refused by the caller's metadata check), is [`Error::Perm`].
-fn one_owned_page<A: TableAllocator>(
+/// The pages behind `ipas` if its first page is one the guest owns and one guest leaf maps the
+/// whole range (the usual conversion: one page, or a range inside one 2 MiB block): their host
+/// pages and metadata index. `Ok(None)`: the range goes beyond that leaf (the caller takes the
+/// run-by-run path). For MEM_SHARE / MEM_UNSHARE this gives the same errors as that path, whose
+/// first run starts with the same page: an IPA with no page is [`Error::NotFound`]; a borrowed
+/// or poisoned page is [`Error::Perm`] (and so is a page the guest owns in the other state, which
+/// the caller's metadata check refuses).
+fn owned_in_one_leaf<A: TableAllocator>(
     host: &HostMemory<'_, A>,
     guest: &Guest,
     plat: &impl PhysMemory,
-    ipa: PageRange<Ipa>,
-) -> Result<(PageRange<PhysAddr>, usize)> {
-    match guest.stage2.lookup(plat, ipa.start()) {
-        Lookup::Mapped { pa, leaf, .. } if leaf.sw == GUEST_SW_OWNED => {
-            let pa = PageRange::new(pa, 1).ok_or(Error::Perm)?;
+    ipas: PageRange<Ipa>,
+) -> Result<Option<(PageRange<PhysAddr>, usize)>> {
+    match guest.stage2.lookup(plat, ipas.start()) {
+        Lookup::Mapped { pa, leaf, level } if leaf.sw == GUEST_SW_OWNED => {
+            let span = crate::pgtable::leaf_span(level);
+            let leaf_end = (ipas.start().raw() & !(span - 1)).saturating_add(span);
+            if ipas.end().raw() > leaf_end {
+                return Ok(None);
+            }
+            let pa = PageRange::new(pa, ipas.pages()).ok_or(Error::Perm)?;
             let first = host.ram_index(pa).map_err(|_| Error::Perm)?;
-            Ok((pa, first))
+            Ok(Some((pa, first)))
         }
         Lookup::Empty { .. } => Err(Error::NotFound),
         Lookup::Annotated { ann, .. } if ann.owner != super::ANN_GUEST_POISONED => {
@@ -368,6 +374,47 @@ fn check_host_conversion_capacity<A: TableAllocator>(
         }
     }
     host.check_tables(needed)
+}
+
+/// MEM_SHARE of the guest pages `ipas` that one guest leaf maps to the host pages `pa` (metadata
+/// from index `first`), the guest's ownership already checked: the metadata and capacity
+/// checks, then the host's identity mapping and state. Always inlined, so that a caller
+/// branching on a one-page `pa` gets a copy with the page count a constant.
+#[inline(always)]
+fn share_in_leaf<A: TableAllocator>(
+    host: &mut HostMemory<'_, A>,
+    guest: &Guest,
+    plat: &mut impl Platform,
+    ipas: PageRange<Ipa>,
+    pa: PageRange<PhysAddr>,
+    first: usize,
+) -> Result<()> {
+    host.check_states(first, pa.pages(), NoPage, NoPage)?;
+    let bound = host.stage2.tables_needed_in_place(identity(pa));
+    check_host_conversion_capacity(host, guest, &*plat, ipas, bound)?;
+    host.map(plat, pa);
+    host.update(first, pa.pages(), |m| m.set_host_state(SharedBorrowed));
+    Ok(())
+}
+
+/// MEM_UNSHARE's counterpart of [`share_in_leaf`]: the host's mapping replaced by the guest
+/// annotation of `handle` (CPU and DMA access revoked and invalidated), host state `NoPage`.
+#[inline(always)]
+fn unshare_in_leaf<A: TableAllocator>(
+    host: &mut HostMemory<'_, A>,
+    guest: &Guest,
+    plat: &mut impl Platform,
+    handle: VmHandle,
+    ipas: PageRange<Ipa>,
+    pa: PageRange<PhysAddr>,
+    first: usize,
+) -> Result<()> {
+    host.check_states(first, pa.pages(), SharedBorrowed, NoPage)?;
+    let bound = host.stage2.tables_needed_in_place(identity(pa));
+    check_host_conversion_capacity(host, guest, &*plat, ipas, bound)?;
+    host.annotate(plat, pa, guest_annotation(handle, pa.start(), ipas.start()));
+    host.update(first, pa.pages(), |m| m.set_host_state(NoPage));
+    Ok(())
 }
 
 impl<'m, A: TableAllocator> Ownership<'m, A> {
@@ -720,16 +767,15 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let guest = vm.guest.lock();
-        if ipas.pages() == 1 {
-            // One page (the usual conversion): check and commit it directly, without the run
-            // list the multi-run path keeps between its two phases.
-            let (pa, first) = one_owned_page(&host, &guest, &*plat, ipas)?;
-            host.check(first, 1, |m| expect(m, NoPage, NoPage))?;
-            let bound = host.stage2.tables_needed_in_place(identity(pa));
-            check_host_conversion_capacity(&host, &guest, &*plat, ipas, bound)?;
-            host.map(plat, pa);
-            host.update(first, 1, |m| m.set_host_state(SharedBorrowed));
-            return Ok(());
+        if let Some((pa, first)) = owned_in_one_leaf(&host, &guest, &*plat, ipas)? {
+            // One run (one page, or a range inside one guest block: the usual conversions):
+            // checked and committed directly, without the run walk and the run list. One page
+            // gets its own copy of the steps, with the page count a constant.
+            return if pa.pages() == 1 {
+                share_in_leaf(&mut host, &guest, plat, ipas, pa, first)
+            } else {
+                share_in_leaf(&mut host, &guest, plat, ipas, pa, first)
+            };
         }
         let mut host_tables = 0;
         let mut seen = RunList::new(Split::ByLeaf);
@@ -792,15 +838,13 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         // in its metadata word) is written only with the host lock held (pKVM's
         // `__pkvm_guest_share_host` likewise locks the host and guest components only).
         let guest = vm.guest.lock();
-        if ipas.pages() == 1 {
-            // One page: as in `guest_share_host_in`, checked and committed directly.
-            let (pa, first) = one_owned_page(&host, &guest, &*plat, ipas)?;
-            host.check(first, 1, |m| expect(m, SharedBorrowed, NoPage))?;
-            let bound = host.stage2.tables_needed_in_place(identity(pa));
-            check_host_conversion_capacity(&host, &guest, &*plat, ipas, bound)?;
-            host.annotate(plat, pa, guest_annotation(handle, pa.start(), ipas.start()));
-            host.update(first, 1, |m| m.set_host_state(NoPage));
-            return Ok(());
+        if let Some((pa, first)) = owned_in_one_leaf(&host, &guest, &*plat, ipas)? {
+            // One run: as in `guest_share_host_in`, checked and committed directly.
+            return if pa.pages() == 1 {
+                unshare_in_leaf(&mut host, &guest, plat, handle, ipas, pa, first)
+            } else {
+                unshare_in_leaf(&mut host, &guest, plat, handle, ipas, pa, first)
+            };
         }
         let mut host_tables = 0;
         let mut seen = RunList::new(Split::ByLeaf);
