@@ -208,3 +208,63 @@ fn reclaim_of_a_dying_guest_invalidates_scrubs_and_returns_every_page() {
     let held = w.pages(0, 16);
     assert!(host_views(&w, held).iter().all(|m| *m));
 }
+
+/// MEM_SHARE / MEM_UNSHARE of one page inside a guest's 2 MiB block change the host's side only
+/// (docs/decisions/guest-shared-state.md): the guest's block stays one block, nothing is
+/// invalidated for the guest's VMID, the guest state still reads as the conversion says, and
+/// MEM_UNSHARE's host invalidation covers the page.
+#[test]
+fn one_page_conversion_keeps_the_guest_block_and_never_invalidates_the_guest() {
+    let (mut w, vm) = setup();
+    let pages = w.pages(P, 512);
+    let ipas = World::ipas(I, 512);
+    w.own
+        .host_donate_guest(&mut w.plat, pages, vm, ipas.start())
+        .unwrap();
+    let guest = |w: &World, ipa: Ipa| {
+        w.own.inspect(|vms, h, _| {
+            let g = vms.get(vm).unwrap().guest.lock();
+            let l = g.stage2.lookup(&w.plat, ipa);
+            let level = match l {
+                Lookup::Mapped { level, .. } => level,
+                other => panic!("guest lost {ipa:?}: {other:?}"),
+            };
+            (g.stage2.vmid(), level, verso::mem::guest_state(&l, h))
+        })
+    };
+    for k in [0, 7, 511] {
+        let one = World::ipas(I + k, 1);
+        let pa = w.pages(P + k, 1);
+        let (vmid, level, state) = guest(&w, one.start());
+        assert_eq!((level, state), (2, verso::mem::PageState::Owned));
+        let touches_guest = |w: &World| {
+            w.plat.log().iter().any(|op| match op {
+                TlbOp::Ipa { vmid: v, .. } | TlbOp::Vmid(v) => *v == vmid,
+                _ => false,
+            })
+        };
+
+        w.plat.clear_log();
+        w.own.guest_share_host(&mut w.plat, vm, one).unwrap();
+        assert_eq!(
+            guest(&w, one.start()),
+            (vmid, 2, verso::mem::PageState::SharedOwned),
+            "page {k}: after MEM_SHARE"
+        );
+        assert!(!touches_guest(&w), "MEM_SHARE invalidated the guest: {:?}", w.plat.log());
+        assert_eq!(host_views(&w, pa), [true], "page {k}: host cannot see it");
+
+        w.plat.clear_log();
+        w.own.guest_unshare_host(&mut w.plat, vm, one).unwrap();
+        assert_eq!(
+            guest(&w, one.start()),
+            (vmid, 2, verso::mem::PageState::Owned),
+            "page {k}: after MEM_UNSHARE"
+        );
+        assert!(!touches_guest(&w), "MEM_UNSHARE invalidated the guest: {:?}", w.plat.log());
+        let now = host_views(&w, pa);
+        let n = assert_revocations_covered(&w, Vmid::HOST, &[pa.start().raw()], &[true], &now);
+        assert_eq!((now, n), (vec![false], 1), "page {k}: host revocation");
+        w.check();
+    }
+}
