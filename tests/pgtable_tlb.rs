@@ -8,9 +8,18 @@
 //! - a translation replaced by a different one (output, type or size) was *broken* (invalid in
 //!   the tables) when the invalidation was issued: break-before-make;
 //! - every final valid entry was in the tables at the last barrier of the call (published);
-//! - a call issues at most one invalidation request, whatever its size.
+//! - a call issues at most one invalidation request, whatever its size;
+//! - every table page the call unlinks (reachable from the root at some place before the call,
+//!   not at that place after it) is covered for the walk caches: an invalidation issued once the
+//!   table was unreachable there, intersecting the span of the entry that pointed at it (or of
+//!   the whole VMID), with no level hint or a hint no deeper than that entry. The page is then
+//!   freed or kept as a spare and reused, so a cached table descriptor would make a CPU or the
+//!   SMMU walk whatever the page holds next. A TLBI by IPA without a hint (IPAS2E1IS, the SMMU's
+//!   TLBI_S2_IPA with Leaf = 0) drops the walk-cache entries used for that IPA at every level; a
+//!   hint deeper than the table descriptor (a leaf-level TTL) promises nothing about it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 
 use verso::addr::{Ipa, PageRange, PhysAddr, Vmid, PAGE_SIZE};
 use verso::pgtable::{Annotation, Leaf, MemType, Perms, Stage2, Stage2Config};
@@ -75,6 +84,84 @@ fn hw_walk(mem: &FakePlatform, root: PhysAddr, start: u8, ipa: u64) -> Option<Tr
     }
 }
 
+/// A table page reachable from the root, and where: the IPA span of the entry pointing at it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct TableAt {
+    /// First IPA the table translates.
+    base: u64,
+    /// Level of the table (the entry pointing at it is at `level - 1`).
+    level: u8,
+    /// Physical address of the table page.
+    pa: u64,
+}
+
+impl TableAt {
+    /// Bytes translated by the table (the span of the entry pointing at it).
+    fn span(&self) -> u64 {
+        1 << (12 + 9 * (4 - u32::from(self.level)))
+    }
+}
+
+/// Every table page a stage-2 walker can reach from `root` (the root excluded: it is never
+/// unlinked), decoded like `hw_walk` does.
+fn hw_tables(mem: &FakePlatform, root: PhysAddr, start: u8) -> BTreeSet<TableAt> {
+    fn walk(mem: &FakePlatform, table: u64, level: u8, base: u64, out: &mut BTreeSet<TableAt>) {
+        if level == 3 {
+            return;
+        }
+        let shift = 12 + 9 * (3 - u32::from(level));
+        for i in 0..512u64 {
+            let d = mem.read_u64(PhysAddr(table + i * 8));
+            if d & 3 == 3 {
+                let t = TableAt {
+                    base: base + (i << shift),
+                    level: level + 1,
+                    pa: d & ADDR_MASK,
+                };
+                out.insert(t);
+                walk(mem, t.pa, t.level, t.base, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(mem, root.raw(), start, 0, &mut out);
+    out
+}
+
+/// True if `op` (an invalidation request) drops the walk-cache copies of the descriptor that
+/// pointed at `t`: it is for `VMID` and intersects `t`'s span, with no level hint or one no
+/// deeper than that descriptor's level; or it is the whole VMID.
+fn covers_table(op: &TlbOp, t: &TableAt) -> bool {
+    match *op {
+        TlbOp::Ipa {
+            vmid,
+            start,
+            pages,
+            level,
+        } => {
+            vmid == VMID
+                && start.raw() < t.base + t.span()
+                && t.base < start.raw() + pages * PAGE_SIZE
+                && level.is_none_or(|h| h < t.level)
+        }
+        TlbOp::Vmid(v) => v == VMID,
+        _ => false,
+    }
+}
+
+/// How many table pages the checked calls unlinked, by what replaced their descriptor (for the
+/// random test to prove the rule was exercised).
+#[derive(Clone, Copy, Default, Debug)]
+struct Unlinked {
+    /// The entry became a block (a table replaced by or coalesced into a block).
+    by_block: usize,
+    /// The entry became invalid and the call revoked translations in the table's span.
+    by_invalid_revoking: usize,
+    /// The entry became invalid and the call revoked no translation of the span (the table held
+    /// only invalid entries: annotations or empty).
+    by_invalid_quiet: usize,
+}
+
 /// A platform that records like `FakePlatform` and also snapshots the watched pages at every
 /// barrier.
 struct Checker {
@@ -84,7 +171,10 @@ struct Checker {
     watched: Vec<u64>,
     /// Per invalidation request: the snapshot of the watched pages when it was issued.
     at_invalidation: RefCell<Vec<Vec<Option<Translation>>>>,
+    /// Per invalidation request: the reachable tables when it was issued.
+    tables_at_invalidation: RefCell<Vec<BTreeSet<TableAt>>>,
     at_last_barrier: RefCell<Vec<Option<Translation>>>,
+    unlinked: Cell<Unlinked>,
 }
 
 impl Checker {
@@ -93,6 +183,18 @@ impl Checker {
             .iter()
             .map(|&ipa| hw_walk(&self.inner, self.root, self.start, ipa))
             .collect()
+    }
+
+    fn tables(&self) -> BTreeSet<TableAt> {
+        hw_tables(&self.inner, self.root, self.start)
+    }
+
+    /// Record the state seen by an invalidation request that was just issued.
+    fn invalidation_issued(&self) {
+        let snap = self.snapshot();
+        self.at_invalidation.borrow_mut().push(snap.clone());
+        *self.at_last_barrier.borrow_mut() = snap;
+        self.tables_at_invalidation.borrow_mut().push(self.tables());
     }
 }
 
@@ -110,15 +212,11 @@ impl TlbMaintenance for Checker {
     fn invalidate_ipa_range(&mut self, vmid: Vmid, start: Ipa, pages: u64, level_hint: Option<u8>) {
         self.inner
             .invalidate_ipa_range(vmid, start, pages, level_hint);
-        let snap = self.snapshot();
-        self.at_invalidation.borrow_mut().push(snap.clone());
-        *self.at_last_barrier.borrow_mut() = snap;
+        self.invalidation_issued();
     }
     fn invalidate_vmid(&mut self, vmid: Vmid) {
         self.inner.invalidate_vmid(vmid);
-        let snap = self.snapshot();
-        self.at_invalidation.borrow_mut().push(snap.clone());
-        *self.at_last_barrier.borrow_mut() = snap;
+        self.invalidation_issued();
     }
 }
 
@@ -156,7 +254,9 @@ fn setup() -> (Checker, FakeTableAllocator, Stage2) {
         start: s2.config().start_level,
         watched: Vec::new(),
         at_invalidation: RefCell::new(Vec::new()),
+        tables_at_invalidation: RefCell::new(Vec::new()),
         at_last_barrier: RefCell::new(Vec::new()),
+        unlinked: Cell::new(Unlinked::default()),
     };
     (checker, alloc, s2)
 }
@@ -167,8 +267,9 @@ const RWX: Leaf = Leaf {
     sw: 0,
 };
 
-/// Run `op` with every page of `range`, widened to whole 2 MiB blocks, watched; check the
-/// discipline; return the invalidation requests it made.
+/// Run `op` with every page of `range`, widened to whole 2 MiB blocks, watched, and every
+/// table of the stage 2 walked before and after; check the discipline; return the invalidation
+/// requests it made.
 fn checked(
     c: &mut Checker,
     alloc: &mut FakeTableAllocator,
@@ -180,8 +281,10 @@ fn checked(
     let hi = (range.end().raw() + MIB2 - 1) & !(MIB2 - 1);
     c.watched = (lo..hi.min(SPACE)).step_by(PAGE_SIZE as usize).collect();
     let before = c.snapshot();
+    let tables_before = c.tables();
     c.inner.clear_log();
     c.at_invalidation.borrow_mut().clear();
+    c.tables_at_invalidation.borrow_mut().clear();
     *c.at_last_barrier.borrow_mut() = before.clone();
     op(s2, c, alloc);
     let after = c.snapshot();
@@ -237,11 +340,71 @@ fn checked(
         }
     }
     drop((at_inv, last));
+    // Walk caches: every table unlinked from its place is covered by a request issued after the
+    // unlink (the requests pair up with the table sets recorded when they were issued).
+    let tables_after = c.tables();
+    let requests: Vec<TlbOp> = log
+        .iter()
+        .copied()
+        .filter(|o| matches!(o, TlbOp::Ipa { .. } | TlbOp::Vmid(_)))
+        .collect();
+    let tables_at_inv = c.tables_at_invalidation.borrow();
+    assert_eq!(requests.len(), tables_at_inv.len());
+    let mut unlinked = c.unlinked.get();
+    for t in tables_before.difference(&tables_after) {
+        assert!(
+            requests
+                .iter()
+                .zip(tables_at_inv.iter())
+                .any(|(o, reachable)| covers_table(o, t) && !reachable.contains(t)),
+            "table {:#x} (level {}, IPA {:#x}..{:#x}) unlinked without an invalidation of its \
+             walk-cache entries issued after the unlink: {log:?}",
+            t.pa,
+            t.level,
+            t.base,
+            t.base + t.span()
+        );
+        let d = hw_entry(&c.inner, c.root, c.start, t.base, t.level - 1);
+        if d & 1 != 0 && d & 3 != 3 {
+            unlinked.by_block += 1;
+        } else if d & 3 != 3 {
+            let revoked = c
+                .watched
+                .iter()
+                .zip(&before)
+                .any(|(&ipa, b)| b.is_some() && (t.base..t.base + t.span()).contains(&ipa));
+            if revoked {
+                unlinked.by_invalid_revoking += 1;
+            } else {
+                unlinked.by_invalid_quiet += 1;
+            }
+        }
+    }
+    c.unlinked.set(unlinked);
+    drop(tables_at_inv);
     log
+}
+
+/// The descriptor at `level` on the walk of `ipa` (0 if the walk ends above `level`).
+fn hw_entry(mem: &FakePlatform, root: PhysAddr, start: u8, ipa: u64, level: u8) -> u64 {
+    let mut table = root.raw();
+    for l in start..=level {
+        let shift = 12 + 9 * (3 - u32::from(l));
+        let d = mem.read_u64(PhysAddr(table + ((ipa >> shift) & 511) * 8));
+        if l == level {
+            return d;
+        }
+        if d & 3 != 3 {
+            return 0;
+        }
+        table = d & ADDR_MASK;
+    }
+    unreachable!()
 }
 
 #[test]
 fn every_revoked_translation_is_invalidated_before_return_and_replacements_break_first() {
+    let mut unlinked = Unlinked::default();
     for seed in [11u64, 12, 13, 14] {
         eprintln!("seed = {seed}");
         let mut rng = Rng(seed);
@@ -288,7 +451,81 @@ fn every_revoked_translation_is_invalidated_before_return_and_replacements_break
                 assert_eq!(r, Ok(()));
             });
         }
+        let u = c.unlinked.get();
+        unlinked.by_block += u.by_block;
+        unlinked.by_invalid_revoking += u.by_invalid_revoking;
+        unlinked.by_invalid_quiet += u.by_invalid_quiet;
     }
+    eprintln!("{unlinked:?}");
+    // The walk-cache rule was exercised on every kind of unlink (34 tables with these seeds).
+    assert!(
+        unlinked.by_block > 0 && unlinked.by_invalid_revoking > 0 && unlinked.by_invalid_quiet > 0,
+        "the random operations no longer unlink every kind of table: {unlinked:?}"
+    );
+}
+
+#[test]
+fn every_unlinked_table_is_invalidated_for_the_walk_caches() {
+    let (mut c, mut alloc, mut s2) = setup();
+    let page = |ipa: u64, n: u64| PageRange::new(Ipa(ipa), n).unwrap();
+    let unlinked = |c: &Checker| c.unlinked.get();
+
+    // A page table of annotations only, made empty: it coalesces into an empty entry and the
+    // call revokes no translation, yet the table descriptor may be in a walk cache.
+    let base = 32 * MIB2;
+    for (k, owner) in [(0, 1), (1, 2)] {
+        let r = page(base + k * PAGE_SIZE, 1);
+        s2.annotate(&mut c, &mut alloc, r, Annotation { owner, meta: 0 })
+            .unwrap();
+    }
+    let before = unlinked(&c);
+    let r = page(base, 2);
+    let log = checked(&mut c, &mut alloc, &mut s2, r, |s2, p, a| {
+        s2.unmap(p, a, r).unwrap();
+    });
+    assert_eq!(
+        unlinked(&c).by_invalid_quiet,
+        before.by_invalid_quiet + 1,
+        "{log:?}"
+    );
+
+    // Mapped pages unmapped until the table is empty: coalesced with translations revoked.
+    let base = 40 * MIB2;
+    let r = page(base + 7 * PAGE_SIZE, 3);
+    s2.map(&mut c, &mut alloc, r, PhysAddr(0x7000), RWX)
+        .unwrap();
+    let before = unlinked(&c);
+    let log = checked(&mut c, &mut alloc, &mut s2, r, |s2, p, a| {
+        s2.unmap(p, a, r).unwrap();
+    });
+    assert_eq!(
+        unlinked(&c).by_invalid_revoking,
+        before.by_invalid_revoking + 1,
+        "{log:?}"
+    );
+
+    // A split block restored: the table coalesces back into the block.
+    let block = page(48 * MIB2, 512);
+    s2.map(&mut c, &mut alloc, block, PhysAddr(48 * MIB2), RWX)
+        .unwrap();
+    let one = page(48 * MIB2 + 9 * PAGE_SIZE, 1);
+    s2.set_perms(&mut c, &mut alloc, one, Perms::RO).unwrap();
+    let before = unlinked(&c);
+    let log = checked(&mut c, &mut alloc, &mut s2, one, |s2, p, a| {
+        s2.set_perms(p, a, one, Perms::RWX).unwrap();
+    });
+    assert_eq!(unlinked(&c).by_block, before.by_block + 1, "{log:?}");
+
+    // A table of pages replaced by a block in one map call.
+    let r = page(56 * MIB2, 4);
+    s2.map(&mut c, &mut alloc, r, PhysAddr(0x3000), RWX)
+        .unwrap();
+    let before = unlinked(&c);
+    let block = page(56 * MIB2, 512);
+    let log = checked(&mut c, &mut alloc, &mut s2, block, |s2, p, a| {
+        s2.map(p, a, block, PhysAddr(56 * MIB2), RWX).unwrap();
+    });
+    assert_eq!(unlinked(&c).by_block, before.by_block + 1, "{log:?}");
 }
 
 #[test]
