@@ -2058,10 +2058,19 @@ impl Stage2 {
                 merged
             },
         );
-        plat.invalidate_ipa_range(self.vmid, Ipa(ea), entry_pages(2), None);
         if is_valid(merged) {
+            // A block replaces pages that may all be cached: the whole span goes.
+            plat.invalidate_ipa_range(self.vmid, Ipa(ea), entry_pages(2), None);
             parent.write(i, merged);
             plat.publish_table_writes();
+        } else {
+            // Every entry of the table is invalid now, so the only pages a TLB can hold are the
+            // ones this call revoked; an invalidation by IPA without a level hint also drops the
+            // walk-cache copies of the table entry for any IPA it covers (IPAS2E1IS and the
+            // SMMU's TLBI_S2_IPA with Leaf = 0 act on every level), so the revoked hull, or one
+            // page of the span if nothing was revoked, covers the table too.
+            let (a, pages) = revoked.map_or((0, 1), |(a, b)| (a, (b - a + 1) as u64));
+            plat.invalidate_ipa_range(self.vmid, Ipa(ea + a as u64 * PAGE_SIZE), pages, None);
         }
         match parked {
             Some(k) => self.splits.spares[k].ready = true,

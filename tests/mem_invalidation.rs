@@ -251,7 +251,11 @@ fn one_page_conversion_keeps_the_guest_block_and_never_invalidates_the_guest() {
             (vmid, 2, verso::mem::PageState::SharedOwned),
             "page {k}: after MEM_SHARE"
         );
-        assert!(!touches_guest(&w), "MEM_SHARE invalidated the guest: {:?}", w.plat.log());
+        assert!(
+            !touches_guest(&w),
+            "MEM_SHARE invalidated the guest: {:?}",
+            w.plat.log()
+        );
         assert_eq!(host_views(&w, pa), [true], "page {k}: host cannot see it");
 
         w.plat.clear_log();
@@ -261,7 +265,11 @@ fn one_page_conversion_keeps_the_guest_block_and_never_invalidates_the_guest() {
             (vmid, 2, verso::mem::PageState::Owned),
             "page {k}: after MEM_UNSHARE"
         );
-        assert!(!touches_guest(&w), "MEM_UNSHARE invalidated the guest: {:?}", w.plat.log());
+        assert!(
+            !touches_guest(&w),
+            "MEM_UNSHARE invalidated the guest: {:?}",
+            w.plat.log()
+        );
         let now = host_views(&w, pa);
         let n = assert_revocations_covered(&w, Vmid::HOST, &[pa.start().raw()], &[true], &now);
         assert_eq!((now, n), (vec![false], 1), "page {k}: host revocation");
