@@ -378,9 +378,8 @@ fn check_host_conversion_capacity<A: TableAllocator>(
 
 /// MEM_SHARE of the guest pages `ipas` that one guest leaf maps to the host pages `pa` (metadata
 /// from index `first`), the guest's ownership already checked: the metadata and capacity
-/// checks, then the host's identity mapping and state. Always inlined, so that a caller
-/// branching on a one-page `pa` gets a copy with the page count a constant.
-#[inline(always)]
+/// checks, then the host's identity mapping and state.
+#[inline]
 fn share_in_leaf<A: TableAllocator>(
     host: &mut HostMemory<'_, A>,
     guest: &Guest,
@@ -399,7 +398,7 @@ fn share_in_leaf<A: TableAllocator>(
 
 /// MEM_UNSHARE's counterpart of [`share_in_leaf`]: the host's mapping replaced by the guest
 /// annotation of `handle` (CPU and DMA access revoked and invalidated), host state `NoPage`.
-#[inline(always)]
+#[inline]
 fn unshare_in_leaf<A: TableAllocator>(
     host: &mut HostMemory<'_, A>,
     guest: &Guest,
@@ -769,13 +768,8 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let guest = vm.guest.lock();
         if let Some((pa, first)) = owned_in_one_leaf(&host, &guest, &*plat, ipas)? {
             // One run (one page, or a range inside one guest block: the usual conversions):
-            // checked and committed directly, without the run walk and the run list. One page
-            // gets its own copy of the steps, with the page count a constant.
-            return if pa.pages() == 1 {
-                share_in_leaf(&mut host, &guest, plat, ipas, pa, first)
-            } else {
-                share_in_leaf(&mut host, &guest, plat, ipas, pa, first)
-            };
+            // checked and committed directly, without the run walk and the run list.
+            return share_in_leaf(&mut host, &guest, plat, ipas, pa, first);
         }
         let mut host_tables = 0;
         let mut seen = RunList::new(Split::ByLeaf);
@@ -840,11 +834,7 @@ impl<'m, A: TableAllocator> Ownership<'m, A> {
         let guest = vm.guest.lock();
         if let Some((pa, first)) = owned_in_one_leaf(&host, &guest, &*plat, ipas)? {
             // One run: as in `guest_share_host_in`, checked and committed directly.
-            return if pa.pages() == 1 {
-                unshare_in_leaf(&mut host, &guest, plat, handle, ipas, pa, first)
-            } else {
-                unshare_in_leaf(&mut host, &guest, plat, handle, ipas, pa, first)
-            };
+            return unshare_in_leaf(&mut host, &guest, plat, handle, ipas, pa, first);
         }
         let mut host_tables = 0;
         let mut seen = RunList::new(Split::ByLeaf);
